@@ -1,0 +1,725 @@
+package http
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/artifact"
+	"github.com/berthhq/berth/lifecycle"
+)
+
+// agentFor resolves the {agent_id} path value (an id or a name) to an agent
+// the caller may manage.
+func (s *Server) agentFor(r *http.Request, u berth.User, ref string) (berth.Agent, error) {
+	a, err := s.lookupAgent(r, ref)
+	if err != nil {
+		return a, err
+	}
+	return a, mayManage(u, a)
+}
+
+func (s *Server) lookupAgent(r *http.Request, ref string) (berth.Agent, error) {
+	if _, err := uuid.Parse(ref); err == nil {
+		a, err := s.store.AgentByID(r.Context(), ref)
+		if err == nil || berth.ErrorCode(err) != berth.CodeNotFound {
+			return a, err
+		}
+	}
+	if !berth.ValidName(ref) {
+		return berth.Agent{}, berth.Errorf(berth.CodeNotFound, "agent %q not found", ref)
+	}
+	a, err := s.store.AgentByName(r.Context(), ref)
+	if berth.ErrorCode(err) == berth.CodeNotFound {
+		return a, berth.Errorf(berth.CodeNotFound, "agent %q not found", ref)
+	}
+	return a, err
+}
+
+// boolParam parses an optional boolean query or form value.
+func boolParam(v string, def bool, name string) (bool, error) {
+	if v == "" {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return def, berth.Errorf(berth.CodeInvalid, "%s must be true or false, not %q", name, v)
+	}
+	return b, nil
+}
+
+// deployForm is the multipart form of upload and update.
+type deployForm struct {
+	zipPath string
+	fields  map[string]string
+}
+
+// readDeployForm streams a multipart upload: the "file" part is spooled to
+// a temp file (bounded by MaxUploadBytes), the other parts are small fields.
+func (s *Server) readDeployForm(w http.ResponseWriter, r *http.Request, allowed ...string) (deployForm, error) {
+	var f deployForm
+	ct, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || ct != "multipart/form-data" || params["boundary"] == "" {
+		return f, berth.Errorf(berth.CodeInvalidBody, "request must be multipart/form-data with a \"file\" part holding the agent zip")
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxUploadBytes+1<<20)
+	mr := multipart.NewReader(r.Body, params["boundary"])
+	f.fields = map[string]string{}
+	ok := map[string]bool{"file": true}
+	for _, a := range allowed {
+		ok[a] = true
+	}
+	fail := func(err error) (deployForm, error) {
+		if f.zipPath != "" {
+			os.Remove(f.zipPath)
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return deployForm{}, berth.Errorf(berth.CodeTooLarge, "upload is larger than %d bytes", s.cfg.MaxUploadBytes)
+		}
+		return deployForm{}, err
+	}
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fail(wrapBody(err, "read multipart body"))
+		}
+		name := p.FormName()
+		if !ok[name] {
+			p.Close()
+			return fail(berth.Errorf(berth.CodeInvalidBody, "unknown form field %q", name))
+		}
+		if name == "file" {
+			if f.zipPath != "" {
+				return fail(berth.Errorf(berth.CodeInvalidBody, "more than one \"file\" part"))
+			}
+			path, err := s.spool(p)
+			if err != nil {
+				return fail(err)
+			}
+			f.zipPath = path
+			continue
+		}
+		v, err := io.ReadAll(io.LimitReader(p, 64<<10+1))
+		if err != nil {
+			return fail(wrapBody(err, "read form field "+name))
+		}
+		if len(v) > 64<<10 {
+			return fail(berth.Errorf(berth.CodeInvalidBody, "form field %q is too long", name))
+		}
+		f.fields[name] = string(v)
+	}
+	if f.zipPath == "" {
+		return fail(berth.Errorf(berth.CodeInvalidBody, "missing \"file\" part (the agent zip)"))
+	}
+	return f, nil
+}
+
+func wrapBody(err error, what string) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return err
+	}
+	return berth.Errorf(berth.CodeInvalidBody, "%s: %v", what, err)
+}
+
+// spool copies an uploaded file to a temp file of at most MaxUploadBytes.
+func (s *Server) spool(src io.Reader) (string, error) {
+	if err := os.MkdirAll(s.cfg.TempDir, 0o755); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(s.cfg.TempDir, "upload-*.zip")
+	if err != nil {
+		return "", err
+	}
+	n, err := io.Copy(f, io.LimitReader(src, s.cfg.MaxUploadBytes+1))
+	cerr := f.Close()
+	if err == nil {
+		err = cerr
+	}
+	if err == nil && n > s.cfg.MaxUploadBytes {
+		err = berth.Errorf(berth.CodeTooLarge, "upload is larger than %d bytes", s.cfg.MaxUploadBytes)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		var be *berth.Error
+		var mbe *http.MaxBytesError
+		if !errors.As(err, &be) && !errors.As(err, &mbe) {
+			err = wrapBody(err, "read uploaded file")
+		}
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// uploadItem is Nasiko's AgentUploadItemResponse plus Berth's ids.
+type uploadItem struct {
+	Success                bool     `json:"success"`
+	AgentName              string   `json:"agent_name"`
+	Status                 string   `json:"status"`
+	CapabilitiesGenerated  bool     `json:"capabilities_generated"`
+	OrchestrationTriggered bool     `json:"orchestration_triggered"`
+	ValidationErrors       []string `json:"validation_errors"`
+	Version                string   `json:"version"`
+	AgentID                string   `json:"agent_id"`
+	BuildID                string   `json:"build_id"`
+	DeploymentID           string   `json:"deployment_id"`
+	OperationID            string   `json:"operation_id"`
+	URL                    string   `json:"url"`
+}
+
+func (s *Server) agentURL(name string) string {
+	return strings.TrimRight(s.cfg.PublicURL, "/") + "/agents/" + name + "/"
+}
+
+func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request, u berth.User) {
+	wait, err := boolParam(r.URL.Query().Get("wait"), false, "wait")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	form, err := s.readDeployForm(w, r, "agent_name", "description")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	req := lifecycle.DeployRequest{
+		ZipPath:        form.zipPath,
+		AgentName:      strings.TrimSpace(form.fields["agent_name"]),
+		Async:          !wait,
+		IdempotencyKey: r.Header.Get("Idempotency-Key"),
+	}
+	if d, ok := form.fields["description"]; ok {
+		req.Description = &d
+	}
+	res, err := s.engine.Upload(r.Context(), u, req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status, msg := http.StatusOK, "Agent deployed"
+	if res.Status != "running" {
+		status, msg = http.StatusAccepted, "Agent upload accepted; building"
+	}
+	writeData(w, status, msg, uploadItem{
+		Success: true, AgentName: res.AgentName, Status: res.Status, Version: res.Version,
+		AgentID: res.AgentID, BuildID: res.BuildID, DeploymentID: res.DeploymentID, OperationID: res.OperationID,
+		URL: s.agentURL(res.AgentName),
+	})
+}
+
+// updateData is Nasiko's AgentUpdateResponse plus Berth's operation id.
+type updateData struct {
+	Message         string   `json:"message"`
+	AgentID         string   `json:"agent_id"`
+	NewVersion      string   `json:"new_version"`
+	PreviousVersion *string  `json:"previous_version"`
+	BuildID         string   `json:"build_id"`
+	DeploymentID    string   `json:"deployment_id"`
+	UpdateStrategy  string   `json:"update_strategy"`
+	Status          string   `json:"status"`
+	StatusCode      int      `json:"status_code"`
+	OperationID     string   `json:"operation_id"`
+	Stopped         []string `json:"stopped_deployments"`
+}
+
+func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	wait, err := boolParam(r.URL.Query().Get("wait"), false, "wait")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	form, err := s.readDeployForm(w, r, "version", "update_strategy", "cleanup_old", "description")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	strategy, err := lifecycle.ParseStrategy(form.fields["update_strategy"])
+	if err == nil {
+		var cleanup bool
+		cleanup, err = boolParam(form.fields["cleanup_old"], true, "cleanup_old")
+		if err == nil {
+			req := lifecycle.DeployRequest{
+				ZipPath:        form.zipPath,
+				Version:        form.fields["version"],
+				Strategy:       strategy,
+				CleanupOld:     cleanup,
+				Async:          !wait,
+				IdempotencyKey: r.Header.Get("Idempotency-Key"),
+			}
+			if d, ok := form.fields["description"]; ok {
+				req.Description = &d
+			}
+			var res lifecycle.DeployResult
+			res, err = s.engine.Update(r.Context(), u, a, req)
+			if err == nil {
+				status, msg := http.StatusOK, "Agent updated"
+				if res.Status != "running" {
+					status, msg = http.StatusAccepted, "Agent update accepted; building"
+				}
+				var prev *string
+				if res.PreviousVersion != "" {
+					prev = &res.PreviousVersion
+				}
+				writeData(w, status, msg, updateData{
+					Message: msg, AgentID: res.AgentID, NewVersion: res.Version, PreviousVersion: prev,
+					BuildID: res.BuildID, DeploymentID: res.DeploymentID, UpdateStrategy: string(res.Strategy),
+					Status: res.Status, StatusCode: status, OperationID: res.OperationID, Stopped: nonNil(res.Stopped),
+				})
+				return
+			}
+		}
+	}
+	os.Remove(form.zipPath)
+	s.writeError(w, r, err)
+}
+
+// RollbackBody is the rollback request body. Every field is optional.
+type RollbackBody struct {
+	TargetVersion *string `json:"target_version"`
+	CleanupFailed *bool   `json:"cleanup_failed"`
+	Reason        *string `json:"reason"`
+}
+
+// ParseRollbackBody strictly parses a rollback request body into a request
+// (empty body = all defaults).
+func ParseRollbackBody(body []byte) (lifecycle.RollbackRequest, error) {
+	var b RollbackBody
+	if err := DecodeStrict(body, &b, true); err != nil {
+		return lifecycle.RollbackRequest{}, err
+	}
+	req := lifecycle.RollbackRequest{CleanupFailed: true}
+	if b.TargetVersion != nil {
+		req.Target = strings.TrimSpace(*b.TargetVersion)
+		if req.Target == "" {
+			return req, berth.Errorf(berth.CodeInvalidBody, "target_version must not be empty; omit it for the last known good version")
+		}
+		if len(req.Target) > 128 {
+			return req, berth.Errorf(berth.CodeInvalidBody, "target_version is too long")
+		}
+	}
+	if b.CleanupFailed != nil {
+		req.CleanupFailed = *b.CleanupFailed
+	}
+	if b.Reason != nil {
+		if len(*b.Reason) > 4096 {
+			return req, berth.Errorf(berth.CodeInvalidBody, "reason is longer than 4096 bytes")
+		}
+		req.Reason = *b.Reason
+	}
+	return req, nil
+}
+
+// rollbackData is the rollback page's response shape plus Berth's fields.
+type rollbackData struct {
+	Message      string   `json:"message"`
+	AgentID      string   `json:"agent_id"`
+	RolledBackTo string   `json:"rolled_back_to"`
+	RolledBackFr string   `json:"rolled_back_from"`
+	Status       string   `json:"status"`
+	StatusCode   int      `json:"status_code"`
+	OperationID  string   `json:"operation_id,omitempty"`
+	Cleaned      []string `json:"cleaned_deployments"`
+	DurationMS   int64    `json:"duration_ms"`
+	Warm         bool     `json:"warm"`
+	DryRun       bool     `json:"dry_run,omitempty"`
+	WouldClean   []string `json:"would_clean,omitempty"`
+}
+
+func (s *Server) handleRollback(w http.ResponseWriter, r *http.Request, u berth.User) {
+	q := r.URL.Query()
+	wait, err := boolParam(q.Get("wait"), true, "wait")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	dry, err := boolParam(q.Get("dry_run"), false, "dry_run")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	if err != nil {
+		s.writeError(w, r, wrapBody(err, "read request body"))
+		return
+	}
+	// Parse the body before looking anything up: a malformed request is
+	// refused the same way whatever the agent.
+	req, err := ParseRollbackBody(body)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	req.DryRun, req.Async, req.IdempotencyKey = dry, !wait, r.Header.Get("Idempotency-Key")
+	res, err := s.engine.Rollback(r.Context(), u, a, req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d := rollbackData{
+		AgentID: res.AgentID, RolledBackTo: res.To, RolledBackFr: res.From, OperationID: res.OperationID,
+		Cleaned: nonNil(res.Cleaned), DurationMS: res.DurationMS, Warm: res.Warm,
+	}
+	switch {
+	case res.DryRun:
+		d.Message, d.Status, d.StatusCode, d.DryRun = "Rollback dry run: nothing changed", "dry_run", http.StatusOK, true
+		d.WouldClean, d.Cleaned = nonNil(res.Cleaned), []string{}
+	case res.Pending:
+		d.Message, d.Status, d.StatusCode = "Rollback accepted", "in_progress", http.StatusAccepted
+		d.Cleaned = []string{}
+	default:
+		d.Message, d.Status, d.StatusCode = "Rollback successful", "running", http.StatusOK
+	}
+	writeData(w, d.StatusCode, d.Message, d)
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// versionInfo is Nasiko's AgentVersionInfo plus Berth's fields.
+type versionInfo struct {
+	Version       string              `json:"version"`
+	Status        berth.VersionStatus `json:"status"`
+	CreatedAt     time.Time           `json:"created_at"`
+	BuildIDs      []string            `json:"build_ids"`
+	DeploymentIDs []string            `json:"deployment_ids"`
+	GitCommit     *string             `json:"git_commit"`
+	RollbackInfo  *berth.RollbackInfo `json:"rollback_info"`
+	ActivatedAt   *time.Time          `json:"activated_at"`
+	Digest        string              `json:"digest"`
+}
+
+// versionHistory keeps Nasiko's top-level shape.
+type versionHistory struct {
+	AgentID        string        `json:"agent_id"`
+	AgentName      string        `json:"agent_name"`
+	CurrentVersion string        `json:"current_version"`
+	Versions       []versionInfo `json:"versions"`
+	NextCursor     string        `json:"next_cursor,omitempty"`
+	StatusCode     int           `json:"status_code"`
+	Message        string        `json:"message"`
+}
+
+func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	limit := 50
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 500 {
+			s.writeError(w, r, berth.Errorf(berth.CodeInvalid, "limit must be a number from 1 to 500"))
+			return
+		}
+		limit = n
+	}
+	vs, next, err := s.store.ListVersions(r.Context(), a.ID, limit, r.URL.Query().Get("cursor"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ds, err := s.store.ListDeployments(r.Context(), a.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	running := map[string]bool{}
+	deps := map[string][]string{}
+	for _, d := range ds {
+		deps[d.VersionID] = append(deps[d.VersionID], d.ID)
+		if d.Status.Live() {
+			running[d.VersionID] = true
+		}
+	}
+	out := versionHistory{AgentID: a.ID, AgentName: a.Name, CurrentVersion: a.ActiveVersion, Versions: []versionInfo{},
+		NextCursor: next, StatusCode: http.StatusOK, Message: "Version history"}
+	for _, v := range vs {
+		vi := versionInfo{
+			Version: v.Version, Status: berth.DisplayStatus(v, a.ActiveVersionID, running[v.ID]), CreatedAt: v.CreatedAt,
+			BuildIDs: []string{}, DeploymentIDs: nonNil(deps[v.ID]), RollbackInfo: v.Rollback, ActivatedAt: v.ActivatedAt,
+			Digest: v.Digest,
+		}
+		if v.BuildID != "" {
+			vi.BuildIDs = []string{v.BuildID}
+		}
+		out.Versions = append(out.Versions, vi)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// deploymentView is Nasiko's AgentDeploymentBase plus Berth's fields.
+type deploymentView struct {
+	ID           string                 `json:"_id"`
+	AgentID      string                 `json:"agent_id"`
+	BuildID      string                 `json:"build_id"`
+	Version      string                 `json:"version"`
+	Namespace    string                 `json:"namespace"`
+	Replicas     int                    `json:"replicas"`
+	Status       berth.DeploymentStatus `json:"status"`
+	ServiceURL   *string                `json:"service_url"`
+	ErrorMessage string                 `json:"error_message,omitempty"`
+	Restarts     int                    `json:"restarts"`
+	Active       bool                   `json:"active"`
+	StopAt       *time.Time             `json:"stop_at,omitempty"`
+	RemovedAt    *time.Time             `json:"removed_at,omitempty"`
+	CreatedAt    time.Time              `json:"created_at"`
+	UpdatedAt    time.Time              `json:"updated_at"`
+}
+
+func (s *Server) viewDeployment(r *http.Request, a berth.Agent, d berth.Deployment, buildOf map[string]string) deploymentView {
+	v := deploymentView{
+		ID: d.ID, AgentID: d.AgentID, Version: d.Version, Namespace: "local", Replicas: 1, Status: d.Status,
+		ErrorMessage: d.Error, Restarts: d.Restarts, StopAt: d.StopAt, RemovedAt: d.RemovedAt,
+		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
+		Active: d.VersionID == a.ActiveVersionID && d.Status == berth.DeploymentRunning,
+	}
+	if bid, ok := buildOf[d.VersionID]; ok {
+		v.BuildID = bid
+	}
+	if d.URL != "" {
+		u := d.URL
+		v.ServiceURL = &u
+	}
+	return v
+}
+
+func (s *Server) handleDeployments(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ds, err := s.store.ListDeployments(r.Context(), a.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	bs, err := s.store.ListBuilds(r.Context(), a.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	buildOf := map[string]string{}
+	for _, b := range bs {
+		if _, ok := buildOf[b.VersionID]; !ok {
+			buildOf[b.VersionID] = b.ID
+		}
+	}
+	out := make([]deploymentView, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, s.viewDeployment(r, a, d, buildOf))
+	}
+	writeData(w, http.StatusOK, "Deployments", out)
+}
+
+// buildView is Nasiko's AgentBuildInDB plus Berth's fields.
+type buildView struct {
+	ID             string            `json:"_id"`
+	AgentID        string            `json:"agent_id"`
+	VersionTag     string            `json:"version_tag"`
+	ImageReference string            `json:"image_reference"`
+	Status         berth.BuildStatus `json:"status"`
+	Logs           string            `json:"logs"`
+	ErrorMessage   string            `json:"error_message,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
+	UpdatedAt      time.Time         `json:"updated_at"`
+	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
+}
+
+func viewBuild(b berth.Build, image string) buildView {
+	return buildView{ID: b.ID, AgentID: b.AgentID, VersionTag: b.Version, ImageReference: image, Status: b.Status,
+		Logs: b.Logs, ErrorMessage: b.Error, CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, FinishedAt: b.FinishedAt}
+}
+
+func (s *Server) handleBuilds(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	bs, err := s.store.ListBuilds(r.Context(), a.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := make([]buildView, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, viewBuild(b, "local://"+a.Name+"/"+b.Version))
+	}
+	writeData(w, http.StatusOK, "Builds", out)
+}
+
+// operationView is one audit-trail entry.
+type operationView struct {
+	ID          string                `json:"operation_id"`
+	AgentID     string                `json:"agent_id"`
+	Kind        berth.OperationKind   `json:"kind"`
+	Status      berth.OperationStatus `json:"status"`
+	Actor       string                `json:"actor"`
+	Reason      string                `json:"reason"`
+	FromVersion string                `json:"from_version"`
+	ToVersion   string                `json:"to_version"`
+	ErrorCode   berth.Code            `json:"error_code,omitempty"`
+	Error       string                `json:"error,omitempty"`
+	StartedAt   time.Time             `json:"started_at"`
+	FinishedAt  *time.Time            `json:"finished_at"`
+	DurationMS  int64                 `json:"duration_ms"`
+}
+
+func viewOperation(o berth.Operation) operationView {
+	return operationView{ID: o.ID, AgentID: o.AgentID, Kind: o.Kind, Status: o.Status, Actor: o.Actor, Reason: o.Reason,
+		FromVersion: o.FromVersion, ToVersion: o.ToVersion, ErrorCode: o.ErrorCode, Error: o.Error,
+		StartedAt: o.StartedAt, FinishedAt: o.FinishedAt, DurationMS: o.DurationMS}
+}
+
+func (s *Server) handleOperations(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			s.writeError(w, r, berth.Errorf(berth.CodeInvalid, "limit must be a number from 1 to 1000"))
+			return
+		}
+		limit = n
+	}
+	ops, err := s.store.ListOperations(r.Context(), a.ID, limit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := make([]operationView, 0, len(ops))
+	for _, o := range ops {
+		out = append(out, viewOperation(o))
+	}
+	writeData(w, http.StatusOK, "Operations", out)
+}
+
+func (s *Server) handleOperation(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	o, err := s.store.OperationByID(r.Context(), r.PathValue("operation_id"))
+	if err == nil && o.AgentID != a.ID {
+		err = berth.Errorf(berth.CodeNotFound, "operation %q not found", r.PathValue("operation_id"))
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeData(w, http.StatusOK, "Operation", viewOperation(o))
+}
+
+// handleLogs writes a deployment's captured output: the one named by
+// deployment_id, else the newest of version (default: the active version).
+func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	ds, err := s.store.ListDeployments(r.Context(), a.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	want, version := q.Get("deployment_id"), q.Get("version")
+	if version == "" {
+		version = a.ActiveVersion
+	}
+	var pick *berth.Deployment
+	for i := range ds {
+		d := &ds[i]
+		if (want != "" && d.ID == want) || (want == "" && d.Version == version) {
+			pick = d
+			break // newest first
+		}
+	}
+	if pick == nil {
+		s.writeError(w, r, berth.Errorf(berth.CodeNotFound, "no deployment of %s matches", a.Name))
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Berth-Deployment", pick.ID)
+	if err := s.runtime.Logs(r.Context(), pick.ID, w); err != nil {
+		s.log.Warn("read logs", "deployment", pick.ID, "err", err)
+	}
+}
+
+func (s *Server) handleDownload(w http.ResponseWriter, r *http.Request, u berth.User) {
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	label := r.URL.Query().Get("version")
+	if label == "" {
+		label = a.ActiveVersion
+	}
+	if label == "" {
+		if v, err := s.store.HighestVersion(r.Context(), a.ID); err == nil {
+			label = v.Version
+		}
+	}
+	v, err := s.store.VersionByLabel(r.Context(), a.ID, label)
+	if err != nil {
+		if berth.ErrorCode(err) == berth.CodeNotFound {
+			err = berth.Errorf(berth.CodeNotFound, "version %q of %s not found", label, a.Name)
+		}
+		s.writeError(w, r, err)
+		return
+	}
+	f, err := os.Open(s.engine.PackagePath(a.ID, v.Version))
+	if err != nil {
+		s.writeError(w, r, berth.Errorf(berth.CodeNotFound, "the package of %s %s is not available", a.Name, v.Version))
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/gzip")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s-%s.tar.gz"`, a.Name, v.Version))
+	w.Header().Set("X-Berth-Digest", v.Digest)
+	if err := artifact.ZipToTarGz(w, f, st.Size()); err != nil {
+		s.log.Warn("download", "agent", a.Name, "version", v.Version, "err", err)
+	}
+}

@@ -1,0 +1,332 @@
+package lifecycle
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/artifact"
+)
+
+// Router points an agent's traffic at a deployment. The built-in proxy
+// implements it (and the Kubernetes Service will).
+type Router interface {
+	// Route makes url the agent's active upstream, atomically, and returns a
+	// function that waits until requests still running on the previous
+	// upstream have finished.
+	Route(agentName, url string) (drainPrevious func(context.Context) error)
+	// Unroute removes the agent's route; its requests then get 404.
+	Unroute(agentName string)
+}
+
+// BuildFunc runs a package's build command in dir and returns its output.
+type BuildFunc func(ctx context.Context, dir string, argv []string, env []string, timeout time.Duration, maxLog int) ([]byte, error)
+
+// Config is the engine's policy. Zero fields take the defaults of
+// DefaultConfig.
+type Config struct {
+	// DataDir holds packages/ (the uploaded zips) and versions/ (unpacked,
+	// built version folders).
+	DataDir string
+	// Limits bound what an uploaded package may hold.
+	Limits artifact.Limits
+	// BuildTimeout bounds a package's build command.
+	BuildTimeout time.Duration
+	// BuildLogMax is how many bytes of build output are kept.
+	BuildLogMax int
+	// Grace is how long the version a rollback moved away from stays warm,
+	// so that a mistaken rollback can be undone instantly.
+	Grace time.Duration
+	// Standby is how many earlier versions a blue-green update keeps warm.
+	Standby int
+	// Lease is how long an operation holds its agent's guard before it must
+	// renew it; a server that dies mid-operation frees the agent after it.
+	Lease time.Duration
+	// IdempotencyTTL is how long Idempotency-Key answers are kept.
+	IdempotencyTTL time.Duration
+	// JanitorInterval is how often expired grace periods are enforced.
+	JanitorInterval time.Duration
+}
+
+// DefaultConfig returns the production defaults.
+func DefaultConfig() Config {
+	return Config{
+		Limits:          artifact.DefaultLimits(),
+		BuildTimeout:    10 * time.Minute,
+		BuildLogMax:     256 << 10,
+		Grace:           60 * time.Second,
+		Standby:         1,
+		Lease:           2 * time.Minute,
+		IdempotencyTTL:  24 * time.Hour,
+		JanitorInterval: time.Second,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Limits == (artifact.Limits{}) {
+		c.Limits = d.Limits
+	}
+	if c.BuildTimeout <= 0 {
+		c.BuildTimeout = d.BuildTimeout
+	}
+	if c.BuildLogMax <= 0 {
+		c.BuildLogMax = d.BuildLogMax
+	}
+	if c.Grace < 0 {
+		c.Grace = 0
+	} else if c.Grace == 0 {
+		c.Grace = d.Grace
+	}
+	if c.Standby < 0 {
+		c.Standby = 0
+	}
+	if c.Lease <= 0 {
+		c.Lease = d.Lease
+	}
+	if c.IdempotencyTTL <= 0 {
+		c.IdempotencyTTL = d.IdempotencyTTL
+	}
+	if c.JanitorInterval <= 0 {
+		c.JanitorInterval = d.JanitorInterval
+	}
+	return c
+}
+
+// Engine executes lifecycle operations: upload, update, rollback, delete.
+// Every operation on an agent holds that agent's guard in the store, so
+// there is one at a time per agent, across server replicas too.
+type Engine struct {
+	cfg    Config
+	store  berth.Store
+	rt     berth.Runtime
+	router Router
+	build  BuildFunc
+	log    *slog.Logger
+	now    func() time.Time
+
+	// bg is the context of work that outlives a request (async deploys and
+	// rollbacks); closing the engine cancels it and waits for that work.
+	bg       context.Context
+	cancelBG context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// New returns an engine. build may be nil if no package needs building.
+func New(cfg Config, store berth.Store, rt berth.Runtime, router Router, build BuildFunc, log *slog.Logger) *Engine {
+	if log == nil {
+		log = slog.Default()
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	return &Engine{
+		cfg:      cfg.withDefaults(),
+		store:    store,
+		rt:       rt,
+		router:   router,
+		build:    build,
+		log:      log,
+		now:      func() time.Time { return time.Now().UTC() },
+		bg:       bg,
+		cancelBG: cancel,
+	}
+}
+
+// Config returns the engine's effective configuration.
+func (e *Engine) Config() Config { return e.cfg }
+
+// Close cancels background operations and waits for them to finish
+// recording their outcome.
+func (e *Engine) Close() {
+	e.cancelBG()
+	e.wg.Wait()
+}
+
+// go runs f in the background, tracked so that Close waits for it.
+func (e *Engine) goBG(f func(ctx context.Context)) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		f(e.bg)
+	}()
+}
+
+func (e *Engine) packagePath(agentID, label string) string {
+	return filepath.Join(e.cfg.DataDir, "packages", agentID, label+".zip")
+}
+
+func (e *Engine) versionDir(agentID, label string) string {
+	return filepath.Join(e.cfg.DataDir, "versions", agentID, label)
+}
+
+// PackagePath returns where version label's uploaded zip is kept.
+func (e *Engine) PackagePath(agentID, label string) string { return e.packagePath(agentID, label) }
+
+// begin starts operation op on its agent, taking the agent's guard. If the
+// idempotency key names an earlier operation, that one is returned with
+// repeat=true and nothing is started. The returned stop function ends the
+// lease renewal and must be called once the operation is committed.
+func (e *Engine) begin(ctx context.Context, op *berth.Operation) (prev berth.Operation, repeat bool, stop func(), err error) {
+	now := e.now()
+	op.ID = uuid.NewString()
+	op.Status = berth.OpRunning
+	op.StartedAt = now
+	prev, found, err := e.store.BeginOperation(ctx, *op, now.Add(e.cfg.Lease), now.Add(-e.cfg.IdempotencyTTL))
+	if err != nil {
+		return berth.Operation{}, false, nil, err
+	}
+	if found {
+		return prev, true, func() {}, nil
+	}
+	// Renew the lease while the operation runs, so that a long build keeps
+	// the guard but a dead server's guard expires.
+	done := make(chan struct{})
+	var once sync.Once
+	go func() {
+		t := time.NewTicker(e.cfg.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := e.store.RenewLease(context.WithoutCancel(ctx), op.AgentID, op.ID, e.now().Add(e.cfg.Lease)); err != nil {
+					e.log.Warn("renew operation lease", "operation", op.ID, "err", err)
+				}
+			}
+		}
+	}()
+	return berth.Operation{}, false, func() { once.Do(func() { close(done) }) }, nil
+}
+
+// finish fills op's closing fields from result/err.
+func (e *Engine) finish(op *berth.Operation, result any, err error) {
+	now := e.now()
+	op.FinishedAt = &now
+	op.DurationMS = now.Sub(op.StartedAt).Milliseconds()
+	if err != nil {
+		op.Status = berth.OpFailed
+		op.ErrorCode = berth.ErrorCode(err)
+		op.Error = berth.ErrorMessage(err)
+		if op.ErrorCode == berth.CodeInternal {
+			op.Error = err.Error()
+		}
+		return
+	}
+	op.Status = berth.OpSucceeded
+	if result != nil {
+		if b, mErr := json.Marshal(result); mErr == nil {
+			op.Result = b
+		}
+	}
+}
+
+// commitFailure records a failed operation and the given state changes,
+// releasing the agent's guard. It never gives up silently: a store error is
+// logged, and the lease expiry frees the agent anyway.
+func (e *Engine) commitFailure(ctx context.Context, c berth.Commit, op *berth.Operation, cause error) {
+	e.finish(op, nil, cause)
+	c.AgentID = op.AgentID
+	c.Operation = op
+	c.SetActive = nil
+	if err := e.store.Commit(context.WithoutCancel(ctx), c); err != nil {
+		e.log.Error("record failed operation", "operation", op.ID, "agent", op.AgentID, "err", err)
+		// Try once more with the operation alone so the guard is released.
+		if err := e.store.Commit(context.WithoutCancel(ctx), berth.Commit{AgentID: op.AgentID, Operation: op}); err != nil {
+			e.log.Error("release operation guard", "operation", op.ID, "err", err)
+		}
+	}
+}
+
+// replay turns an earlier operation found by idempotency key into the
+// answer it gave: its result, or its error.
+func replay[T any](op berth.Operation) (T, error) {
+	var out T
+	switch op.Status {
+	case berth.OpRunning:
+		return out, &berth.Error{Code: berth.CodeOperationInProgress, OperationID: op.ID,
+			Message: fmt.Sprintf("operation %s with this Idempotency-Key is still running", op.ID)}
+	case berth.OpSucceeded:
+		if err := json.Unmarshal(op.Result, &out); err != nil {
+			return out, fmt.Errorf("decode stored result of operation %s: %w", op.ID, err)
+		}
+		return out, nil
+	}
+	code := op.ErrorCode
+	if code == "" {
+		code = berth.CodeInternal
+	}
+	return out, &berth.Error{Code: code, Message: op.Error, OperationID: op.ID}
+}
+
+// Operation returns one operation record.
+func (e *Engine) Operation(ctx context.Context, id string) (berth.Operation, error) {
+	return e.store.OperationByID(ctx, id)
+}
+
+// OnStatus is the runtime's callback for deployments that crash, restart or
+// give up on their own; it records the new status.
+func (e *Engine) OnStatus(deploymentID string, status berth.DeploymentStatus, restarts int, msg string) {
+	ctx := context.Background()
+	d, err := e.store.DeploymentByID(ctx, deploymentID)
+	if err != nil {
+		e.log.Warn("status of unknown deployment", "deployment", deploymentID, "status", status, "err", err)
+		return
+	}
+	if !d.Status.Live() {
+		return // stopped or failed on purpose; the runtime is late
+	}
+	d.Status, d.Restarts, d.UpdatedAt = status, restarts, e.now()
+	if msg != "" {
+		d.Error = msg
+	}
+	if err := e.store.UpdateDeployment(ctx, d); err != nil {
+		e.log.Error("record deployment status", "deployment", deploymentID, "err", err)
+	}
+	e.log.Warn("deployment status changed", "deployment", deploymentID, "agent", d.AgentID, "version", d.Version,
+		"status", status, "restarts", restarts, "msg", msg)
+}
+
+// spec builds the runtime spec of a deployment of version v of agent a.
+func (e *Engine) spec(a berth.Agent, v berth.Version, deploymentID string) berth.DeploymentSpec {
+	return berth.DeploymentSpec{
+		DeploymentID: deploymentID,
+		AgentID:      a.ID,
+		AgentName:    a.Name,
+		Version:      v.Version,
+		Dir:          e.versionDir(a.ID, v.Version),
+		Config:       v.Config,
+	}
+}
+
+// isCode reports whether err carries code c.
+func isCode(err error, c berth.Code) bool {
+	var be *berth.Error
+	return errors.As(err, &be) && be.Code == c
+}
+
+// removeAll removes paths, logging failures (cleanup is best effort: the
+// data they hold is no longer referenced).
+func (e *Engine) removeAll(paths ...string) {
+	for _, p := range paths {
+		if err := os.RemoveAll(p); err != nil {
+			e.log.Warn("remove files", "path", p, "err", err)
+		}
+	}
+}
+
+func (e *Engine) versionDirRoot(agentID string) string {
+	return filepath.Join(e.cfg.DataDir, "versions", agentID)
+}
+
+func (e *Engine) packageDirRoot(agentID string) string {
+	return filepath.Join(e.cfg.DataDir, "packages", agentID)
+}

@@ -1,0 +1,266 @@
+package lifecycle
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/berthhq/berth"
+)
+
+// RollbackRequest is a parsed rollback call.
+type RollbackRequest struct {
+	// Target is the version to go back to; "" means the last known good.
+	Target string
+	// CleanupFailed removes every failed deployment of the agent after the
+	// switch.
+	CleanupFailed bool
+	// Reason is stored on the operation and on the version rolled back from.
+	Reason string
+	// DryRun answers what would happen and changes nothing.
+	DryRun bool
+	// Async returns as soon as the operation is started (HTTP 202).
+	Async bool
+	// IdempotencyKey makes a repeat return the first answer.
+	IdempotencyKey string
+}
+
+// RollbackResult is the outcome of a rollback.
+type RollbackResult struct {
+	AgentID     string   `json:"agent_id"`
+	From        string   `json:"rolled_back_from"`
+	To          string   `json:"rolled_back_to"`
+	OperationID string   `json:"operation_id,omitempty"`
+	Cleaned     []string `json:"cleaned_deployments"`
+	DurationMS  int64    `json:"duration_ms"`
+	// Warm reports whether the target was already running (a pointer swap)
+	// rather than started from its artifact.
+	Warm         bool   `json:"warm"`
+	DeploymentID string `json:"deployment_id"`
+	// Pending is set for an Async rollback that is still running.
+	Pending bool `json:"-"`
+	// DryRun is set when nothing was changed.
+	DryRun bool `json:"-"`
+}
+
+// Rollback moves agent a back to an earlier version, health-gated: traffic
+// moves only once the target answers its health check, in one transaction
+// with the operation record. A failed attempt changes nothing users see.
+func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, req RollbackRequest) (RollbackResult, error) {
+	start := time.Now()
+	from, to, warm, deployments, err := e.decideRollback(ctx, a, req.Target)
+	if err != nil {
+		return RollbackResult{}, err
+	}
+	var cleaned []berth.Deployment
+	if req.CleanupFailed {
+		cleaned = FailedToClean(deployments)
+	}
+	res := RollbackResult{AgentID: a.ID, From: from.Version, To: to.Version, Cleaned: ids(cleaned), Warm: warm.ID != ""}
+	if req.DryRun {
+		res.DryRun = true
+		res.DeploymentID = warm.ID
+		return res, nil
+	}
+
+	op := berth.Operation{
+		AgentID:        a.ID,
+		Kind:           berth.OpRollback,
+		Actor:          actor.Username,
+		Reason:         req.Reason,
+		FromVersion:    from.Version,
+		ToVersion:      to.Version,
+		IdempotencyKey: req.IdempotencyKey,
+	}
+	prev, repeat, stop, err := e.begin(ctx, &op)
+	if err != nil {
+		return RollbackResult{}, err
+	}
+	if repeat {
+		return replay[RollbackResult](prev)
+	}
+	res.OperationID = op.ID
+	if req.Async {
+		e.goBG(func(bg context.Context) {
+			defer stop()
+			_, _ = e.executeRollback(bg, actor, a, &op, req, start)
+		})
+		res.Pending = true
+		return res, nil
+	}
+	defer stop()
+	// The caller may hang up; the rollback still finishes and is recorded.
+	return e.executeRollback(context.WithoutCancel(ctx), actor, a, &op, req, start)
+}
+
+// decideRollback reads what the decision needs and chooses the target.
+func (e *Engine) decideRollback(ctx context.Context, a berth.Agent, requested string) (from, to berth.Version, warm berth.Deployment, ds []berth.Deployment, err error) {
+	in := TargetInput{Requested: requested}
+	if a.ActiveVersionID != "" {
+		cur, err := e.store.VersionByID(ctx, a.ActiveVersionID)
+		if err != nil {
+			return from, to, warm, nil, err
+		}
+		in.Current = &cur
+	}
+	if requested != "" {
+		v, err := e.store.VersionByLabel(ctx, a.ID, requested)
+		switch {
+		case err == nil:
+			in.Explicit = &v
+			if v.BuildID != "" {
+				b, err := e.store.BuildByID(ctx, v.BuildID)
+				if err != nil {
+					return from, to, warm, nil, err
+				}
+				in.ExplicitBuilt = b.Status == berth.BuildSuccess
+			}
+		case !isCode(err, berth.CodeNotFound):
+			return from, to, warm, nil, err
+		}
+	} else {
+		// The current version is always the most recently activated, so
+		// three rows always include the answer.
+		recent, err := e.store.RecentlyActive(ctx, a.ID, 3)
+		if err != nil {
+			return from, to, warm, nil, err
+		}
+		in.Recent = recent
+	}
+	to, err = ChooseTarget(in)
+	if err != nil {
+		return from, to, warm, nil, err
+	}
+	ds, err = e.store.ListDeployments(ctx, a.ID)
+	if err != nil {
+		return from, to, warm, nil, err
+	}
+	warm, _ = WarmDeployment(ds, to.ID)
+	return *in.Current, to, warm, ds, nil
+}
+
+// executeRollback runs a started rollback operation to its end and commits
+// the outcome.
+func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.Agent, op *berth.Operation, req RollbackRequest, start time.Time) (RollbackResult, error) {
+	// Decide again under the guard: another operation may have changed the
+	// agent between the first decision and taking the guard.
+	cur, err := e.store.AgentByID(ctx, a.ID)
+	if err != nil {
+		e.commitFailure(ctx, berth.Commit{}, op, err)
+		return RollbackResult{}, err
+	}
+	a = cur
+	from, to, warm, ds, err := e.decideRollback(ctx, a, req.Target)
+	if err != nil {
+		e.commitFailure(ctx, berth.Commit{}, op, err)
+		return RollbackResult{}, err
+	}
+	op.FromVersion, op.ToVersion = from.Version, to.Version
+
+	target, url, fails, err := e.readyTarget(ctx, a, to, warm)
+	if err != nil {
+		// The current version keeps serving: nothing about it changed. The
+		// attempt and any deployment that failed are recorded.
+		e.commitFailure(ctx, berth.Commit{Deployments: fails}, op, err)
+		e.log.Warn("rollback failed", "actor", actor.Username, "agent", a.Name, "from", from.Version, "to", to.Version,
+			"reason", req.Reason, "operation", op.ID, "err", err, "duration", time.Since(start))
+		return RollbackResult{}, err
+	}
+
+	// Cleanup is planned from the state read under the guard; failed
+	// deployments made by this very attempt are included.
+	ds = append(ds, fails...)
+	var cleaned []berth.Deployment
+	if req.CleanupFailed {
+		cleaned = FailedToClean(ds)
+	}
+	now := e.now()
+	res := RollbackResult{
+		AgentID:      a.ID,
+		From:         from.Version,
+		To:           to.Version,
+		OperationID:  op.ID,
+		Cleaned:      ids(cleaned),
+		Warm:         warm.ID != "" && warm.ID == target.ID,
+		DeploymentID: target.ID,
+	}
+	res.DurationMS = time.Since(start).Milliseconds()
+	e.finish(op, res, nil)
+	info := berth.RollbackInfo{OperationID: op.ID, Reason: req.Reason, Actor: actor.Username, From: from.Version, To: to.Version, At: now}
+	target.URL = url
+	c := RollbackCommit(RollbackPlan{From: from, To: to, Target: target, Cleaned: cleaned}, ds, info, now, now.Add(e.cfg.Grace), *op)
+	if err := e.store.Commit(ctx, c); err != nil {
+		// Traffic has not moved. A target we started just for this would
+		// otherwise run unrecorded.
+		if !res.Warm {
+			_ = e.rt.Stop(ctx, target.ID)
+			target.Status, target.Error = berth.DeploymentFailed, "rollback could not be committed"
+			e.commitFailure(ctx, berth.Commit{Deployments: []berth.Deployment{target}}, op, err)
+		} else {
+			e.commitFailure(ctx, berth.Commit{}, op, err)
+		}
+		return RollbackResult{}, err
+	}
+	// The store now says the target is active; move traffic. In-flight
+	// requests finish on the old deployment, which stays warm for Grace.
+	e.router.Route(a.Name, url)
+	for _, d := range cleaned {
+		if err := e.rt.Remove(ctx, d.ID); err != nil {
+			e.log.Warn("remove failed deployment", "deployment", d.ID, "err", err)
+		}
+	}
+	e.log.Info("rollback",
+		"actor", actor.Username, "agent", a.Name, "agent_id", a.ID, "from", from.Version, "to", to.Version,
+		"reason", req.Reason, "warm", res.Warm, "cleaned", len(cleaned), "operation", op.ID,
+		"duration", time.Since(start))
+	return res, nil
+}
+
+// readyTarget returns a healthy deployment of version to: the warm one if
+// it still answers its probe, or a new one started cold from the version's
+// artifact and config. fails holds deployments that failed on the way.
+func (e *Engine) readyTarget(ctx context.Context, a berth.Agent, to berth.Version, warm berth.Deployment) (d berth.Deployment, url string, fails []berth.Deployment, err error) {
+	if warm.ID != "" {
+		if err := e.rt.Probe(ctx, warm.ID); err == nil {
+			return warm, warm.URL, nil, nil
+		} else {
+			e.log.Warn("standby failed its probe; starting the target cold", "deployment", warm.ID, "err", err)
+		}
+	}
+	now := e.now()
+	d = berth.Deployment{
+		ID:        uuid.NewString(),
+		AgentID:   a.ID,
+		VersionID: to.ID,
+		Version:   to.Version,
+		Status:    berth.DeploymentStarting,
+		CreatedAt: now,
+		UpdatedAt: now,
+	}
+	// Record the deployment before starting it, so that a crash mid-start
+	// leaves a record the reconciler can close.
+	if err := e.store.CreateDeployment(ctx, d); err != nil {
+		return d, "", nil, err
+	}
+	inst, err := e.rt.Start(ctx, e.spec(a, to, d.ID))
+	if err != nil {
+		d.Status, d.Error, d.UpdatedAt = berth.DeploymentFailed, berth.ErrorMessage(err), e.now()
+		if !isCode(err, berth.CodeTargetUnhealthy) {
+			err = &berth.Error{Code: berth.CodeTargetUnhealthy, Message: "target version " + to.Version + " could not start: " + berth.ErrorMessage(err), Err: err}
+		} else {
+			err = &berth.Error{Code: berth.CodeTargetUnhealthy, Message: "target version " + to.Version + " failed its health check; the current version keeps serving: " + berth.ErrorMessage(err), Err: err}
+		}
+		return d, "", []berth.Deployment{d}, err
+	}
+	d.URL = inst.URL
+	return d, inst.URL, nil, nil
+}
+
+func ids(ds []berth.Deployment) []string {
+	out := make([]string, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, d.ID)
+	}
+	return out
+}

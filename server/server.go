@@ -1,0 +1,351 @@
+// Package server assembles a complete Berth control plane from its
+// configuration: store, runtime, proxy, release engine and HTTP API.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/berthhq/berth"
+	berthhttp "github.com/berthhq/berth/http"
+	"github.com/berthhq/berth/lifecycle"
+	"github.com/berthhq/berth/process"
+	"github.com/berthhq/berth/proxy"
+	"github.com/berthhq/berth/sqlite"
+)
+
+// Version is Berth's version, set at build time with -ldflags.
+var Version = "dev"
+
+// Config is everything `berth serve` can be told.
+type Config struct {
+	Addr    string
+	DataDir string
+	// PublicURL is the base URL users reach this server at; default
+	// http://<Addr>.
+	PublicURL string
+	// MaxUploadBytes bounds an uploaded package.
+	MaxUploadBytes int64
+	// ReadyTimeout is the default wait for an agent's health check.
+	ReadyTimeout time.Duration
+	// StopTimeout is how long an agent gets between SIGTERM and SIGKILL.
+	StopTimeout time.Duration
+	// TokenTTL is how long a login token is valid.
+	TokenTTL time.Duration
+	// Engine holds release policy (grace period, standby, limits, …).
+	Engine lifecycle.Config
+	// AdminAccessKey/AdminAccessSecret set the first superuser's
+	// credentials instead of generating them.
+	AdminAccessKey, AdminAccessSecret string
+	// JWTSecret signs tokens instead of the secret kept in the data dir.
+	JWTSecret string
+	// ShutdownTimeout bounds draining requests on shutdown.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// Server is a running Berth control plane.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *sqlite.Store
+	runtime *process.Runtime
+	proxy   *proxy.Proxy
+	engine  *lifecycle.Engine
+	api     *berthhttp.Server
+}
+
+// Open prepares the data directory, the store (bootstrapping the first
+// superuser), the runtime and the engine, and brings back every agent the
+// store says should run.
+func Open(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("data dir is required")
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = dataDir
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	log := cfg.Logger
+	st, err := sqlite.Open(ctx, filepath.Join(dataDir, "berth.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, store: st}
+	fail := func(err error) (*Server, error) {
+		s.close()
+		return nil, err
+	}
+	if err := bootstrapAdmin(ctx, st, dataDir, cfg.AdminAccessKey, cfg.AdminAccessSecret, log); err != nil {
+		return fail(err)
+	}
+	secret, err := jwtSecret(dataDir, cfg.JWTSecret)
+	if err != nil {
+		return fail(err)
+	}
+
+	s.proxy = proxy.New(proxy.Options{Logger: log, ResponseHeaderTimeout: -1})
+	ecfg := cfg.Engine
+	ecfg.DataDir = dataDir
+	// The engine is created before the runtime reports statuses to it.
+	var engine *lifecycle.Engine
+	rt, err := process.New(process.Options{
+		RunDir:              filepath.Join(dataDir, "run"),
+		LogDir:              filepath.Join(dataDir, "logs"),
+		DefaultReadyTimeout: cfg.ReadyTimeout,
+		StopTimeout:         cfg.StopTimeout,
+		Logger:              log,
+		OnStatus: func(id string, status berth.DeploymentStatus, restarts int, msg string) {
+			if engine != nil {
+				engine.OnStatus(id, status, restarts, msg)
+			}
+		},
+	})
+	if err != nil {
+		return fail(err)
+	}
+	s.runtime = rt
+	engine = lifecycle.New(ecfg, st, rt, proxyRouter{s.proxy}, process.Build, log)
+	s.engine = engine
+
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = "http://" + cfg.Addr
+	}
+	s.api = berthhttp.NewServer(berthhttp.Config{
+		MaxUploadBytes: cfg.MaxUploadBytes,
+		TempDir:        filepath.Join(dataDir, "tmp"),
+		PublicURL:      publicURL,
+		Version:        Version,
+	}, st, engine, rt, &berthhttp.Tokens{Secret: secret, TTL: cfg.TokenTTL}, s.proxy, log)
+
+	// Uploads spooled before a crash are garbage.
+	_ = os.RemoveAll(filepath.Join(dataDir, "tmp"))
+	if err := engine.Reconcile(ctx); err != nil {
+		// One agent that cannot come back must not keep the others down.
+		log.Error("some agents could not be restored", "err", err)
+	}
+	return s, nil
+}
+
+// Handler is the HTTP API (and the agent proxy).
+func (s *Server) Handler() http.Handler { return s.api }
+
+// Engine is the release engine.
+func (s *Server) Engine() *lifecycle.Engine { return s.engine }
+
+// Store is the metadata store.
+func (s *Server) Store() berth.Store { return s.store }
+
+// Serve serves on ln until ctx ends, then shuts down gracefully: stop
+// accepting, drain requests, finish operations, stop agent processes.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.api,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	jctx, stopJanitor := context.WithCancel(context.Background())
+	janitorDone := make(chan struct{})
+	go func() {
+		defer close(janitorDone)
+		s.engine.Run(jctx)
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	s.log.Info("berth serving", "addr", ln.Addr().String(), "data_dir", s.cfg.DataDir, "version", Version)
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		s.log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+		err = hs.Shutdown(sctx)
+		cancel()
+	}
+	stopJanitor()
+	<-janitorDone
+	s.close()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases everything without serving (for tests that only use the
+// handler).
+func (s *Server) Close() { s.close() }
+
+func (s *Server) close() {
+	if s.engine != nil {
+		s.engine.Close()
+	}
+	if s.runtime != nil {
+		if err := s.runtime.Close(); err != nil {
+			s.log.Warn("stop agents", "err", err)
+		}
+	}
+	if s.store != nil {
+		if err := s.store.Close(); err != nil {
+			s.log.Warn("close store", "err", err)
+		}
+	}
+}
+
+// Run listens on cfg.Addr and serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return err
+	}
+	if cfg.PublicURL == "" {
+		cfg.PublicURL = "http://" + ln.Addr().String()
+	}
+	s, err := Open(ctx, cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// proxyRouter adapts the proxy to the engine's Router.
+type proxyRouter struct{ p *proxy.Proxy }
+
+func (r proxyRouter) Route(agent, url string) func(context.Context) error {
+	prev := r.p.Set(agent, url)
+	return func(ctx context.Context) error {
+		if prev == nil || prev.URL() == url {
+			return nil
+		}
+		return prev.Drain(ctx)
+	}
+}
+
+func (r proxyRouter) Unroute(agent string) { r.p.Remove(agent) }
+
+// AdminCredentials is the file the first start writes the superuser's
+// credentials to.
+type AdminCredentials struct {
+	Username     string `json:"username"`
+	AccessKey    string `json:"access_key"`
+	AccessSecret string `json:"access_secret"`
+}
+
+// AdminCredentialsFile is the name of that file in the data dir.
+const AdminCredentialsFile = "admin-credentials.json"
+
+// bootstrapAdmin creates the first superuser on an empty store, with the
+// given credentials or fresh ones written to the data dir (mode 0600).
+func bootstrapAdmin(ctx context.Context, st berth.Store, dataDir, key, secret string, log *slog.Logger) error {
+	n, err := st.CountUsers(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	if (key == "") != (secret == "") {
+		return errors.New("set both BERTH_ADMIN_ACCESS_KEY and BERTH_ADMIN_ACCESS_SECRET, or neither")
+	}
+	fromEnv := key != ""
+	if !fromEnv {
+		key, secret = berth.NewCredentials()
+	}
+	u := berth.User{ID: uuid.NewString(), Username: "admin", AccessKey: key, SecretHash: berth.HashSecret(secret),
+		IsSuperUser: true, CreatedAt: time.Now().UTC()}
+	if !fromEnv {
+		// Write the file first: a superuser whose secret nobody has is
+		// useless, and the next start would not make another.
+		b, _ := json.MarshalIndent(AdminCredentials{Username: u.Username, AccessKey: key, AccessSecret: secret}, "", "  ")
+		if err := writeFileAtomic(filepath.Join(dataDir, AdminCredentialsFile), append(b, '\n'), 0o600); err != nil {
+			return fmt.Errorf("write admin credentials: %w", err)
+		}
+	}
+	if err := st.CreateUser(ctx, u); err != nil {
+		return fmt.Errorf("create admin user: %w", err)
+	}
+	if fromEnv {
+		log.Info("created superuser from BERTH_ADMIN_ACCESS_KEY", "user", u.Username)
+	} else {
+		log.Info("created superuser; credentials written", "user", u.Username, "file", filepath.Join(dataDir, AdminCredentialsFile))
+	}
+	return nil
+}
+
+// jwtSecret returns the token signing secret: the configured one, or the one
+// kept in the data dir (created on first start).
+func jwtSecret(dataDir, configured string) ([]byte, error) {
+	if configured != "" {
+		if len(configured) < 32 {
+			return nil, errors.New("BERTH_JWT_SECRET must be at least 32 characters")
+		}
+		return []byte(configured), nil
+	}
+	path := filepath.Join(dataDir, "jwt-secret")
+	b, err := os.ReadFile(path)
+	if err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+		return []byte(strings.TrimSpace(string(b))), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	secret := hex.EncodeToString(raw)
+	if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("write jwt secret: %w", err)
+	}
+	return []byte(secret), nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
