@@ -77,7 +77,9 @@ type Store interface {
 	// RenewLease extends the guard held by operation opID.
 	RenewLease(ctx context.Context, agentID, opID string, leaseUntil time.Time) error
 	// Commit applies c in one transaction and releases the guard held by
-	// c.Operation (if c.Operation is set).
+	// c.Operation (if c.Operation is set). It is fenced: if c.Operation no
+	// longer holds its agent's guard (lease expired and taken over, or
+	// interrupted), it fails with CodeConflict and writes nothing.
 	Commit(ctx context.Context, c Commit) error
 	OperationByID(ctx context.Context, id string) (Operation, error)
 	ListOperations(ctx context.Context, agentID string, limit int) ([]Operation, error) // newest first

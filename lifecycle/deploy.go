@@ -154,8 +154,7 @@ func (e *Engine) deploy(ctx context.Context, actor berth.User, a berth.Agent, ki
 	}
 	if err := e.record(ctx, a, v, b, d, req); err != nil {
 		stop()
-		e.commitFailure(ctx, berth.Commit{}, &op, err)
-		return res, err
+		return res, e.commitFailure(ctx, berth.Commit{}, &op, err)
 	}
 	if req.Async {
 		e.goBG(func(bg context.Context) {
@@ -242,7 +241,7 @@ func (e *Engine) rollout(ctx context.Context, actor berth.User, a berth.Agent, v
 		if err := e.store.UpdateBuild(context.WithoutCancel(ctx), b); err != nil {
 			e.log.Error("record build", "build", b.ID, "err", err)
 		}
-		e.commitFailure(ctx, c, op, err)
+		err = e.commitFailure(ctx, c, op, err)
 		e.log.Warn("deploy failed; current version keeps serving", "actor", actor.Username, "agent", a.Name,
 			"version", v.Version, "current", a.ActiveVersion, "operation", op.ID, "err", err, "duration", time.Since(start))
 		return res, err

@@ -230,9 +230,10 @@ func (e *Engine) finish(op *berth.Operation, result any, err error) {
 }
 
 // commitFailure records a failed operation and the given state changes,
-// releasing the agent's guard. It never gives up silently: a store error is
-// logged, and the lease expiry frees the agent anyway.
-func (e *Engine) commitFailure(ctx context.Context, c berth.Commit, op *berth.Operation, cause error) {
+// releasing the agent's guard, and returns cause naming the operation. It
+// never gives up silently: a store error is logged, and the lease expiry
+// frees the agent anyway.
+func (e *Engine) commitFailure(ctx context.Context, c berth.Commit, op *berth.Operation, cause error) error {
 	e.finish(op, nil, cause)
 	c.AgentID = op.AgentID
 	c.Operation = op
@@ -244,6 +245,8 @@ func (e *Engine) commitFailure(ctx context.Context, c berth.Commit, op *berth.Op
 			e.log.Error("release operation guard", "operation", op.ID, "err", err)
 		}
 	}
+	// The caller gets the caller-safe message; the audit trail keeps the cause.
+	return &berth.Error{Code: op.ErrorCode, Message: berth.ErrorMessage(cause), OperationID: op.ID, Err: cause}
 }
 
 // replay turns an earlier operation found by idempotency key into the

@@ -277,8 +277,7 @@ func (e *Engine) Delete(ctx context.Context, actor berth.User, a berth.Agent) er
 	e.router.Unroute(a.Name)
 	ds, err := e.store.ListDeployments(ctx, a.ID)
 	if err != nil {
-		e.commitFailure(ctx, berth.Commit{}, &op, err)
-		return err
+		return e.commitFailure(ctx, berth.Commit{}, &op, err)
 	}
 	var wg sync.WaitGroup
 	for _, d := range ds {
@@ -292,8 +291,7 @@ func (e *Engine) Delete(ctx context.Context, actor berth.User, a berth.Agent) er
 	}
 	wg.Wait()
 	if err := e.store.DeleteAgent(ctx, a.ID); err != nil {
-		e.commitFailure(ctx, berth.Commit{}, &op, err)
-		return err
+		return e.commitFailure(ctx, berth.Commit{}, &op, err)
 	}
 	e.removeAll(e.versionDirRoot(a.ID), e.packageDirRoot(a.ID))
 	e.log.Info("agent deleted", "actor", actor.Username, "agent", a.Name, "agent_id", a.ID, "deployments", len(ds))

@@ -34,6 +34,12 @@ type RollbackResult struct {
 	OperationID string   `json:"operation_id,omitempty"`
 	Cleaned     []string `json:"cleaned_deployments"`
 	DurationMS  int64    `json:"duration_ms"`
+	// Duration is the server-side time of the rollback, from the request
+	// to traffic moved (DurationMS is it rounded down, as the API shows it).
+	Duration time.Duration `json:"-"`
+	// ReadyWait is the part of Duration spent getting the target ready: a
+	// probe when warm, the agent's own start when cold.
+	ReadyWait time.Duration `json:"-"`
 	// Warm reports whether the target was already running (a pointer swap)
 	// rather than started from its artifact.
 	Warm         bool   `json:"warm"`
@@ -147,22 +153,22 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 	// agent between the first decision and taking the guard.
 	cur, err := e.store.AgentByID(ctx, a.ID)
 	if err != nil {
-		e.commitFailure(ctx, berth.Commit{}, op, err)
-		return RollbackResult{}, err
+		return RollbackResult{}, e.commitFailure(ctx, berth.Commit{}, op, err)
 	}
 	a = cur
 	from, to, warm, ds, err := e.decideRollback(ctx, a, req.Target)
 	if err != nil {
-		e.commitFailure(ctx, berth.Commit{}, op, err)
-		return RollbackResult{}, err
+		return RollbackResult{}, e.commitFailure(ctx, berth.Commit{}, op, err)
 	}
 	op.FromVersion, op.ToVersion = from.Version, to.Version
 
+	readyStart := time.Now()
 	target, url, fails, err := e.readyTarget(ctx, a, to, warm)
+	readyWait := time.Since(readyStart)
 	if err != nil {
 		// The current version keeps serving: nothing about it changed. The
 		// attempt and any deployment that failed are recorded.
-		e.commitFailure(ctx, berth.Commit{Deployments: fails}, op, err)
+		err = e.commitFailure(ctx, berth.Commit{Deployments: fails}, op, err)
 		e.log.Warn("rollback failed", "actor", actor.Username, "agent", a.Name, "from", from.Version, "to", to.Version,
 			"reason", req.Reason, "operation", op.ID, "err", err, "duration", time.Since(start))
 		return RollbackResult{}, err
@@ -184,6 +190,7 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 		Cleaned:      ids(cleaned),
 		Warm:         warm.ID != "" && warm.ID == target.ID,
 		DeploymentID: target.ID,
+		ReadyWait:    readyWait,
 	}
 	res.DurationMS = time.Since(start).Milliseconds()
 	e.finish(op, res, nil)
@@ -196,11 +203,9 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 		if !res.Warm {
 			_ = e.rt.Stop(ctx, target.ID)
 			target.Status, target.Error = berth.DeploymentFailed, "rollback could not be committed"
-			e.commitFailure(ctx, berth.Commit{Deployments: []berth.Deployment{target}}, op, err)
-		} else {
-			e.commitFailure(ctx, berth.Commit{}, op, err)
+			return RollbackResult{}, e.commitFailure(ctx, berth.Commit{Deployments: []berth.Deployment{target}}, op, err)
 		}
-		return RollbackResult{}, err
+		return RollbackResult{}, e.commitFailure(ctx, berth.Commit{}, op, err)
 	}
 	// The store now says the target is active; move traffic. In-flight
 	// requests finish on the old deployment, which stays warm for Grace.
@@ -210,10 +215,12 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 			e.log.Warn("remove failed deployment", "deployment", d.ID, "err", err)
 		}
 	}
+	res.Duration = time.Since(start)
+	res.DurationMS = res.Duration.Milliseconds()
 	e.log.Info("rollback",
 		"actor", actor.Username, "agent", a.Name, "agent_id", a.ID, "from", from.Version, "to", to.Version,
 		"reason", req.Reason, "warm", res.Warm, "cleaned", len(cleaned), "operation", op.ID,
-		"duration", time.Since(start))
+		"duration", res.Duration)
 	return res, nil
 }
 

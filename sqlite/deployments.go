@@ -1,0 +1,76 @@
+package sqlite
+
+import (
+	"context"
+
+	"github.com/berthhq/berth"
+)
+
+const deploymentCols = `id, agent_id, version_id, version, status, url, error_message, restarts,
+	created_at, updated_at, stop_at, removed_at`
+
+func scanDeployment(sc interface{ Scan(...any) error }) (berth.Deployment, error) {
+	var d berth.Deployment
+	err := sc.Scan(&d.ID, &d.AgentID, &d.VersionID, &d.Version, &d.Status, &d.URL, &d.Error, &d.Restarts,
+		timeCol{&d.CreatedAt}, timeCol{&d.UpdatedAt}, nullTimeCol{&d.StopAt}, nullTimeCol{&d.RemovedAt})
+	return d, err
+}
+
+// CreateDeployment records d. The agent must exist (CodeNotFound); a clash
+// on its ID is CodeConflict.
+func (s *Store) CreateDeployment(ctx context.Context, d berth.Deployment) error {
+	_, err := s.write.ExecContext(ctx, `INSERT INTO deployments (`+deploymentCols+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		d.ID, d.AgentID, d.VersionID, d.Version, string(d.Status), d.URL, d.Error, d.Restarts,
+		encTime(d.CreatedAt), encTime(d.UpdatedAt), encNullTime(d.StopAt), encNullTime(d.RemovedAt))
+	err = dbErr(err, "create deployment")
+	err = conflict(err, "deployment %s already exists", d.ID)
+	return missingRef(err, "agent %s not found", d.AgentID)
+}
+
+// updateDeploymentSQL writes the mutable fields of a deployment.
+const updateDeploymentSQL = `UPDATE deployments
+	SET status = $1, url = $2, error_message = $3, restarts = $4, updated_at = $5, stop_at = $6, removed_at = $7`
+
+func updateDeploymentArgs(d berth.Deployment) []any {
+	return []any{string(d.Status), d.URL, d.Error, d.Restarts, encTime(d.UpdatedAt),
+		encNullTime(d.StopAt), encNullTime(d.RemovedAt)}
+}
+
+// UpdateDeployment writes d's Status, URL, Error, Restarts, UpdatedAt,
+// StopAt and RemovedAt.
+func (s *Store) UpdateDeployment(ctx context.Context, d berth.Deployment) error {
+	return execOne(ctx, s.write, "update deployment", "deployment "+d.ID,
+		updateDeploymentSQL+` WHERE id = $8`, append(updateDeploymentArgs(d), d.ID)...)
+}
+
+// DeploymentByID returns the deployment with the given ID.
+func (s *Store) DeploymentByID(ctx context.Context, id string) (berth.Deployment, error) {
+	d, err := scanDeployment(s.read.QueryRowContext(ctx, `SELECT `+deploymentCols+` FROM deployments WHERE id = $1`, id))
+	if err != nil {
+		return berth.Deployment{}, notFound(err, "read deployment", "deployment %s not found", id)
+	}
+	return d, nil
+}
+
+// ListDeployments lists the agent's deployments, newest first.
+func (s *Store) ListDeployments(ctx context.Context, agentID string) ([]berth.Deployment, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT `+deploymentCols+` FROM deployments
+		WHERE agent_id = $1 ORDER BY created_at DESC, id DESC`, agentID)
+	if err != nil {
+		return nil, dbErr(err, "list deployments")
+	}
+	return collect(rows, "list deployments", scanDeployment)
+}
+
+// LiveDeployments lists every deployment, of every agent, whose status is
+// starting or running, oldest first. The statuses are literals so that the
+// partial index deployments_live applies.
+func (s *Store) LiveDeployments(ctx context.Context) ([]berth.Deployment, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT `+deploymentCols+` FROM deployments
+		WHERE status IN ('starting', 'running') ORDER BY created_at, id`)
+	if err != nil {
+		return nil, dbErr(err, "list live deployments")
+	}
+	return collect(rows, "list live deployments", scanDeployment)
+}

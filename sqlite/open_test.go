@@ -1,0 +1,218 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth"
+)
+
+func openTest(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open(%q) = %v", path, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// querier is what the read and write pools share for reads.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// pragma returns the value of PRAGMA name on one connection of q.
+func pragma(t *testing.T, ctx context.Context, q querier, name string) string {
+	t.Helper()
+	var v string
+	if err := q.QueryRowContext(ctx, "PRAGMA "+name).Scan(&v); err != nil {
+		t.Fatalf("PRAGMA %s = %v", name, err)
+	}
+	return v
+}
+
+func TestOpenSettings(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "berth.db"))
+	// synchronous 2 is FULL; busy_timeout is in milliseconds.
+	want := map[string]string{"journal_mode": "wal", "synchronous": "2", "foreign_keys": "1", "busy_timeout": "10000"}
+	for pool, db := range map[string]querier{"write": s.write, "read": s.read} {
+		for name, w := range want {
+			if got := pragma(t, ctx, db, name); got != w {
+				t.Errorf("%s pool: PRAGMA %s = %q, want %q", pool, name, got, w)
+			}
+		}
+	}
+	if got := pragma(t, ctx, s.read, "query_only"); got != "1" {
+		t.Errorf("read pool: PRAGMA query_only = %q, want 1", got)
+	}
+	if got := pragma(t, ctx, s.write, "query_only"); got != "0" {
+		t.Errorf("write pool: PRAGMA query_only = %q, want 0", got)
+	}
+	if err := s.IntegrityCheck(ctx); err != nil {
+		t.Errorf("IntegrityCheck() = %v, want nil", err)
+	}
+}
+
+func TestOpenPaths(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"plain.db", "with space.db", "odd?name#1%.db"} {
+		path := filepath.Join(dir, name)
+		s := openTest(t, path)
+		if s.Path() != path {
+			t.Errorf("Open(%q).Path() = %q, want %q", path, s.Path(), path)
+		}
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("Open(%q) did not create the file: %v", path, err)
+		}
+	}
+	for _, path := range []string{"", ":memory:"} {
+		if _, err := Open(t.Context(), path); berth.ErrorCode(err) != berth.CodeInvalid {
+			t.Errorf("Open(%q) = %v, want code %q", path, err, berth.CodeInvalid)
+		}
+	}
+	if _, err := Open(t.Context(), filepath.Join(dir, "missing-dir", "x.db")); err == nil {
+		t.Errorf("Open(path in a missing directory) = nil, want an error")
+	}
+}
+
+func TestMigrations(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "berth.db")
+	ms, err := loadMigrations()
+	if err != nil || len(ms) == 0 {
+		t.Fatalf("loadMigrations() = %d migrations, %v; want some", len(ms), err)
+	}
+	latest := ms[len(ms)-1].version
+
+	// Several stores opening a new file at once apply each migration once.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			s, err := Open(ctx, path)
+			if err != nil {
+				t.Errorf("concurrent Open() = %v", err)
+				return
+			}
+			s.Close()
+		})
+	}
+	wg.Wait()
+
+	s := openTest(t, path)
+	var n, maxV int
+	if err := s.read.QueryRowContext(ctx, `SELECT COUNT(*), MAX(version) FROM schema_migrations`).Scan(&n, &maxV); err != nil {
+		t.Fatalf("reading schema_migrations = %v", err)
+	}
+	if n != len(ms) || maxV != latest {
+		t.Errorf("schema_migrations has %d rows up to %d, want %d up to %d", n, maxV, len(ms), latest)
+	}
+
+	// A database from a newer Berth is refused rather than misread.
+	if _, err := s.write.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, 'future.sql', '')`,
+		latest+1); err != nil {
+		t.Fatalf("inserting a future migration = %v", err)
+	}
+	s.Close()
+	if _, err := Open(ctx, path); berth.ErrorCode(err) != berth.CodeUnavailable {
+		t.Errorf("Open(newer schema) = %v, want code %q", err, berth.CodeUnavailable)
+	}
+}
+
+func TestParseLabel(t *testing.T) {
+	tests := []struct {
+		label string
+		want  semverKey
+		ok    bool
+	}{
+		{"0.0.0", semverKey{0, 0, 0}, true},
+		{"1.10.3", semverKey{1, 10, 3}, true},
+		{"9223372036854775807.0.0", semverKey{9223372036854775807, 0, 0}, true},
+		{"9223372036854775808.0.0", semverKey{}, false},
+		{"1.2", semverKey{}, false},
+		{"v1.2.3", semverKey{}, false},
+		{"1.2.3-beta", semverKey{}, false},
+		{"1.2.3+meta", semverKey{}, false},
+		{"1.02.3", semverKey{}, false},
+		{"", semverKey{}, false},
+	}
+	for _, tc := range tests {
+		got, err := parseLabel(tc.label)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseLabel(%q) = %v, %v; want %v, ok %v", tc.label, got, err, tc.want, tc.ok)
+		}
+		if err != nil && berth.ErrorCode(err) != berth.CodeInvalid {
+			t.Errorf("parseLabel(%q) error code = %q, want %q", tc.label, berth.ErrorCode(err), berth.CodeInvalid)
+		}
+	}
+}
+
+// TestTwoStoresOneFile opens the file twice, as two processes would, and
+// checks that the operation guard and the optimistic active-version check
+// hold across them while both write at once.
+func TestTwoStoresOneFile(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "berth.db")
+	s1, s2 := openTest(t, path), openTest(t, path)
+
+	u := berth.User{ID: "u1", Username: "u1", AccessKey: "AK1", CreatedAt: time.Now()}
+	a := berth.Agent{ID: "a1", Name: "a1", OwnerID: u.ID, CreatedAt: time.Now(), UpdatedAt: time.Now()}
+	v := berth.Version{ID: "v1", AgentID: a.ID, Version: "1.0.0", State: berth.VersionReady, CreatedAt: time.Now()}
+	for _, err := range []error{s1.CreateUser(ctx, u), s1.CreateAgent(ctx, a), s2.CreateVersion(ctx, v)} {
+		if err != nil {
+			t.Fatalf("setting up: %v", err)
+		}
+	}
+
+	op1 := berth.Operation{ID: "op1", AgentID: a.ID, Kind: berth.OpUpdate, StartedAt: time.Now()}
+	if _, _, err := s1.BeginOperation(ctx, op1, time.Now().Add(time.Hour), time.Time{}); err != nil {
+		t.Fatalf("s1.BeginOperation() = %v", err)
+	}
+	op2 := berth.Operation{ID: "op2", AgentID: a.ID, Kind: berth.OpRollback, StartedAt: time.Now()}
+	_, _, err := s2.BeginOperation(ctx, op2, time.Now().Add(time.Hour), time.Time{})
+	var be *berth.Error
+	if !errors.As(err, &be) || be.Code != berth.CodeOperationInProgress || be.OperationID != op1.ID {
+		t.Errorf("s2.BeginOperation() while s1 holds the guard = %v, want %q naming %s", err, berth.CodeOperationInProgress, op1.ID)
+	}
+
+	// Both stores write at once; the second file handle waits on the lock
+	// (busy_timeout) instead of failing.
+	var wg sync.WaitGroup
+	for i, s := range []*Store{s1, s2} {
+		wg.Go(func() {
+			for j := range 20 {
+				b := berth.Build{ID: fmt.Sprintf("b%d-%d", i, j), AgentID: a.ID, VersionID: v.ID, Version: v.Version,
+					Status: berth.BuildQueued, CreatedAt: time.Now(), UpdatedAt: time.Now()}
+				if err := s.CreateBuild(ctx, b); err != nil {
+					t.Errorf("store %d: CreateBuild() = %v", i+1, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if bs, err := s1.ListBuilds(ctx, a.ID); err != nil || len(bs) != 40 {
+		t.Errorf("ListBuilds() = %d builds, %v; want 40", len(bs), err)
+	}
+
+	done := op1
+	done.Status = berth.OpSucceeded
+	if err := s2.Commit(ctx, berth.Commit{AgentID: a.ID, SetActive: &v.ID, Operation: &done}); err != nil {
+		t.Fatalf("s2.Commit(op1) = %v", err)
+	}
+	if got, err := s1.AgentByID(ctx, a.ID); err != nil || got.ActiveVersion != v.Version {
+		t.Errorf("s1.AgentByID() = %+v, %v; want active %s written through s2", got, err, v.Version)
+	}
+	err = s1.Commit(ctx, berth.Commit{AgentID: a.ID, SetActive: &v.ID, ExpectActive: ""})
+	if berth.ErrorCode(err) != berth.CodeConflict {
+		t.Errorf("s1.Commit(stale ExpectActive) = %v, want %q", err, berth.CodeConflict)
+	}
+}

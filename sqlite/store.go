@@ -1,0 +1,264 @@
+// Package sqlite implements berth.Store on an embedded SQLite database, the
+// metadata store of a single `berth serve`.
+//
+// The database runs in WAL mode with synchronous=FULL, so a transaction that
+// Commit reports as committed survives a crash or power loss, and a crash at
+// any moment leaves the last committed state. Writes go through a pool of
+// exactly one connection whose transactions begin IMMEDIATE (taking the write
+// lock up front), so concurrent writers queue in Go instead of deadlocking on
+// lock upgrades or spinning on SQLITE_BUSY; reads use a separate read-only
+// pool and never wait for writers.
+//
+// The SQL is written to be portable to PostgreSQL ($n placeholders, row-value
+// comparisons, partial indexes, no INSERT OR REPLACE); what is SQLite-only
+// lives in store.go (PRAGMAs, the DSN, driver error codes) and codec.go (the
+// TEXT encoding of times).
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/berthhq/berth"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// busyTimeout is how long a connection waits for a lock held by another
+// process (another `berth` on the same file, a backup tool) before failing.
+// Within this process writers queue on the single write connection instead.
+const busyTimeout = 10 * time.Second
+
+// Store is a berth.Store backed by one SQLite database file. It is safe for
+// concurrent use.
+type Store struct {
+	write *sql.DB // exactly one connection; every write goes through it
+	read  *sql.DB // read-only connections for lookups and lists
+	path  string
+}
+
+var _ berth.Store = (*Store)(nil)
+
+// Open opens the SQLite database at path, creating the file if it does not
+// exist, and brings its schema up to date by applying the embedded
+// migrations that have not been applied yet. path must name a file (an
+// in-memory database cannot be shared by the read and write pools).
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" || path == ":memory:" {
+		return nil, berth.Errorf(berth.CodeInvalid, "sqlite: a database file path is required")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, &berth.Error{Code: berth.CodeInvalid, Message: fmt.Sprintf("sqlite: bad database path %q", path), Err: err}
+	}
+
+	write, err := sql.Open("sqlite", dsn(abs, false))
+	if err != nil {
+		return nil, dbErr(err, "open database")
+	}
+	// One writer: SQLite allows one write transaction at a time anyway, and
+	// queueing for the connection in database/sql honours ctx and costs
+	// nothing, where queueing on the file lock means sleeping and retrying.
+	write.SetMaxOpenConns(1)
+	write.SetMaxIdleConns(1)
+	write.SetConnMaxLifetime(0)
+	write.SetConnMaxIdleTime(0)
+
+	if err := write.PingContext(ctx); err != nil {
+		write.Close()
+		return nil, dbErr(err, "open database")
+	}
+	if err := migrate(ctx, write); err != nil {
+		write.Close()
+		return nil, err
+	}
+
+	read, err := sql.Open("sqlite", dsn(abs, true))
+	if err != nil {
+		write.Close()
+		return nil, dbErr(err, "open database")
+	}
+	n := max(4, runtime.GOMAXPROCS(0))
+	read.SetMaxOpenConns(n)
+	read.SetMaxIdleConns(n)
+	if err := read.PingContext(ctx); err != nil {
+		read.Close()
+		write.Close()
+		return nil, dbErr(err, "open database")
+	}
+	return &Store{write: write, read: read, path: abs}, nil
+}
+
+// dsn returns the modernc.org/sqlite data source name for the database file
+// at the absolute path abs. The "file:" URI form keeps a path containing '?'
+// or '#' intact; SQLite ignores the driver's "_" parameters.
+func dsn(abs string, readOnly bool) string {
+	q := url.Values{}
+	q.Set("_busy_timeout", strconv.FormatInt(busyTimeout.Milliseconds(), 10))
+	q.Set("_foreign_keys", "1")
+	// synchronous=FULL fsyncs the WAL on every commit: without it a power
+	// loss could undo an acknowledged active-version switch. It is set on
+	// readers too because whichever connection closes last checkpoints.
+	q.Set("_synchronous", "FULL")
+	if readOnly {
+		q.Set("_query_only", "1")
+	} else {
+		// WAL is persistent in the file; readers inherit it.
+		q.Set("_journal_mode", "WAL")
+		// BEGIN IMMEDIATE: a write transaction takes the write lock when it
+		// starts, never upgrades a read lock mid-way (which can fail with
+		// SQLITE_BUSY no timeout can cure).
+		q.Set("_txlock", "immediate")
+	}
+	return "file:" + (&url.URL{Path: abs}).EscapedPath() + "?" + q.Encode()
+}
+
+// Close closes both connection pools.
+func (s *Store) Close() error {
+	return errors.Join(s.read.Close(), s.write.Close())
+}
+
+// Path returns the absolute path of the database file.
+func (s *Store) Path() string { return s.path }
+
+// IntegrityCheck runs PRAGMA integrity_check and returns an error unless
+// SQLite reports the database intact.
+func (s *Store) IntegrityCheck(ctx context.Context) error {
+	rows, err := s.read.QueryContext(ctx, "PRAGMA integrity_check")
+	if err != nil {
+		return dbErr(err, "check database integrity")
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return dbErr(err, "check database integrity")
+		}
+		if line != "ok" {
+			problems = append(problems, line)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return dbErr(err, "check database integrity")
+	}
+	if len(problems) > 0 {
+		return &berth.Error{Code: berth.CodeInternal, Message: "database integrity check failed",
+			Err: fmt.Errorf("integrity_check: %q", problems)}
+	}
+	return nil
+}
+
+// inTx runs fn in one write transaction (BEGIN IMMEDIATE) and commits it, or
+// rolls it back if fn or the commit fails.
+func (s *Store) inTx(ctx context.Context, action string, fn func(tx *sql.Tx) error) error {
+	tx, err := s.write.BeginTx(ctx, nil)
+	if err != nil {
+		return dbErr(err, action)
+	}
+	if err := fn(tx); err != nil {
+		// The rollback error adds nothing: fn's error says what failed and
+		// a failed rollback leaves the transaction to be discarded anyway.
+		_ = tx.Rollback()
+		return dbErr(err, action)
+	}
+	if err := tx.Commit(); err != nil {
+		return dbErr(err, action)
+	}
+	return nil
+}
+
+// execOne runs a write statement that must change exactly one row and
+// returns a CodeNotFound error naming what when it changes none.
+func execOne(ctx context.Context, q execer, action, what, query string, args ...any) error {
+	res, err := q.ExecContext(ctx, query, args...)
+	if err != nil {
+		return dbErr(err, action)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return dbErr(err, action)
+	}
+	if n == 0 {
+		return berth.Errorf(berth.CodeNotFound, "%s not found", what)
+	}
+	return nil
+}
+
+// execer is what *sql.DB and *sql.Tx share for writes.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// dbErr turns an error from database/sql or the driver into a *berth.Error:
+// unique and primary-key clashes become CodeConflict, foreign-key violations
+// CodeNotFound (the referenced record does not exist), lock timeouts
+// CodeUnavailable and everything else CodeInternal. An error that already
+// is a *berth.Error is returned as is.
+func dbErr(err error, action string) error {
+	if err == nil {
+		return nil
+	}
+	var be *berth.Error
+	if errors.As(err, &be) {
+		return err
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		code := se.Code()
+		switch {
+		case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return &berth.Error{Code: berth.CodeConflict, Message: action + ": it already exists", Err: err}
+		case code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+			return &berth.Error{Code: berth.CodeNotFound, Message: action + ": a record it refers to does not exist", Err: err}
+		case code&0xff == sqlite3.SQLITE_BUSY || code&0xff == sqlite3.SQLITE_LOCKED:
+			return &berth.Error{Code: berth.CodeUnavailable, Message: action + ": the database is busy", Err: err}
+		}
+	}
+	return &berth.Error{Code: berth.CodeInternal, Message: action + " failed", Err: err}
+}
+
+// conflict re-labels a CodeConflict error with a more specific message.
+func conflict(err error, format string, args ...any) error {
+	var be *berth.Error
+	if errors.As(err, &be) && be.Code == berth.CodeConflict {
+		return &berth.Error{Code: berth.CodeConflict, Message: fmt.Sprintf(format, args...), Err: be.Err}
+	}
+	return err
+}
+
+// missingRef re-labels a foreign-key CodeNotFound error with a more specific
+// message.
+func missingRef(err error, format string, args ...any) error {
+	var be *berth.Error
+	if errors.As(err, &be) && be.Code == berth.CodeNotFound && be.Err != nil {
+		return &berth.Error{Code: berth.CodeNotFound, Message: fmt.Sprintf(format, args...), Err: be.Err}
+	}
+	return err
+}
+
+// notFound maps sql.ErrNoRows to CodeNotFound naming what, and any other
+// error through dbErr.
+func notFound(err error, action, format string, args ...any) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return berth.Errorf(berth.CodeNotFound, format, args...)
+	}
+	return dbErr(err, action)
+}
+
+// defaultLimit is the page size used when a caller passes limit <= 0.
+const defaultLimit = 50
+
+func pageSize(limit int) int {
+	if limit <= 0 {
+		return defaultLimit
+	}
+	return limit
+}
