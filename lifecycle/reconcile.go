@@ -20,10 +20,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, op := range interrupted {
-		e.log.Warn("operation interrupted by a restart", "operation", op.ID, "kind", op.Kind, "agent_id", op.AgentID,
-			"from", op.FromVersion, "to", op.ToVersion)
-	}
+	e.closeInterrupted(ctx, interrupted, "interrupted by a server restart")
 	agents, err := e.store.ListAgents(ctx, "")
 	if err != nil {
 		return err
@@ -58,6 +55,40 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// closeInterrupted marks the version an interrupted upload or update was
+// making as failed, with its unfinished build and deployment: it never
+// became active, and its label stays used (labels are never reused).
+func (e *Engine) closeInterrupted(ctx context.Context, ops []berth.Operation, why string) {
+	for _, op := range ops {
+		e.log.Warn("operation interrupted", "operation", op.ID, "kind", op.Kind, "agent_id", op.AgentID,
+			"from", op.FromVersion, "to", op.ToVersion, "why", why)
+		if (op.Kind != berth.OpUpload && op.Kind != berth.OpUpdate) || op.ToVersion == "" {
+			continue
+		}
+		v, err := e.store.VersionByLabel(ctx, op.AgentID, op.ToVersion)
+		if err != nil || v.State != berth.VersionBuilding {
+			continue // never recorded, or it got further than building
+		}
+		a, err := e.store.AgentByID(ctx, op.AgentID)
+		if err != nil || a.ActiveVersionID == v.ID {
+			continue
+		}
+		now := e.now()
+		c := berth.Commit{AgentID: op.AgentID, Versions: []berth.VersionChange{{VersionID: v.ID, State: berth.VersionFailed}}}
+		if ds, err := e.store.ListDeployments(ctx, op.AgentID); err == nil {
+			for _, d := range ds {
+				if d.VersionID == v.ID && d.Status.Live() {
+					d.Status, d.Error, d.UpdatedAt = berth.DeploymentFailed, why, now
+					c.Deployments = append(c.Deployments, d)
+				}
+			}
+		}
+		if err := e.store.Commit(ctx, c); err != nil {
+			e.log.Error("mark interrupted version failed", "agent_id", op.AgentID, "version", v.Version, "err", err)
+		}
+	}
 }
 
 func (e *Engine) reconcileAgent(ctx context.Context, a berth.Agent, isRunning map[string]bool) error {
@@ -203,9 +234,7 @@ func (e *Engine) Run(ctx context.Context) {
 			if ops, err := e.store.InterruptOperations(ctx, e.now()); err != nil {
 				e.log.Warn("release expired guards", "err", err)
 			} else {
-				for _, op := range ops {
-					e.log.Warn("operation lease expired", "operation", op.ID, "kind", op.Kind, "agent_id", op.AgentID)
-				}
+				e.closeInterrupted(ctx, ops, "its server stopped renewing the operation lease")
 			}
 			if err := e.store.DeleteIdempotencyKeysBefore(ctx, e.now().Add(-e.cfg.IdempotencyTTL)); err != nil {
 				e.log.Warn("forget idempotency keys", "err", err)

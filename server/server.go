@@ -22,9 +22,7 @@ import (
 	"github.com/berthhq/berth"
 	berthhttp "github.com/berthhq/berth/http"
 	"github.com/berthhq/berth/lifecycle"
-	"github.com/berthhq/berth/process"
 	"github.com/berthhq/berth/proxy"
-	"github.com/berthhq/berth/sqlite"
 )
 
 // Version is Berth's version, set at build time with -ldflags.
@@ -54,15 +52,22 @@ type Config struct {
 	JWTSecret string
 	// ShutdownTimeout bounds draining requests on shutdown.
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	// DatabaseURL selects PostgreSQL for metadata (postgres://…); empty
+	// means SQLite in DataDir.
+	DatabaseURL string
+	// Runtime selects how agents run: "process" (default) or "kubernetes".
+	Runtime string
+	// KubeNamespace is the namespace the Kubernetes runtime manages.
+	KubeNamespace string
+	Logger        *slog.Logger
 }
 
 // Server is a running Berth control plane.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	store   *sqlite.Store
-	runtime *process.Runtime
+	store   berth.Store
+	runtime berth.Runtime
 	proxy   *proxy.Proxy
 	engine  *lifecycle.Engine
 	api     *berthhttp.Server
@@ -90,7 +95,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	log := cfg.Logger
-	st, err := sqlite.Open(ctx, filepath.Join(dataDir, "berth.db"))
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -112,23 +117,16 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	ecfg.DataDir = dataDir
 	// The engine is created before the runtime reports statuses to it.
 	var engine *lifecycle.Engine
-	rt, err := process.New(process.Options{
-		RunDir:              filepath.Join(dataDir, "run"),
-		LogDir:              filepath.Join(dataDir, "logs"),
-		DefaultReadyTimeout: cfg.ReadyTimeout,
-		StopTimeout:         cfg.StopTimeout,
-		Logger:              log,
-		OnStatus: func(id string, status berth.DeploymentStatus, restarts int, msg string) {
-			if engine != nil {
-				engine.OnStatus(id, status, restarts, msg)
-			}
-		},
+	rt, router, build, err := openRuntime(ctx, cfg, s.proxy, func(id string, status berth.DeploymentStatus, restarts int, msg string) {
+		if engine != nil {
+			engine.OnStatus(id, status, restarts, msg)
+		}
 	})
 	if err != nil {
 		return fail(err)
 	}
 	s.runtime = rt
-	engine = lifecycle.New(ecfg, st, rt, proxyRouter{s.proxy}, process.Build, log)
+	engine = lifecycle.New(ecfg, st, rt, router, build, log)
 	s.engine = engine
 
 	publicURL := cfg.PublicURL
@@ -233,21 +231,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return s.Serve(ctx, ln)
 }
-
-// proxyRouter adapts the proxy to the engine's Router.
-type proxyRouter struct{ p *proxy.Proxy }
-
-func (r proxyRouter) Route(agent, url string) func(context.Context) error {
-	prev := r.p.Set(agent, url)
-	return func(ctx context.Context) error {
-		if prev == nil || prev.URL() == url {
-			return nil
-		}
-		return prev.Drain(ctx)
-	}
-}
-
-func (r proxyRouter) Unroute(agent string) { r.p.Remove(agent) }
 
 // AdminCredentials is the file the first start writes the superuser's
 // credentials to.

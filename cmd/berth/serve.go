@@ -84,6 +84,9 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.Engine.Limits.MaxEntries, "max-package-entries", envInt("BERTH_MAX_PACKAGE_ENTRIES", def.Limits.MaxEntries), "most files a package may hold")
 	f.Int64Var(&cfg.Engine.Limits.MaxUnpackedBytes, "max-unpacked-bytes", int64(envInt("BERTH_MAX_UNPACKED_BYTES", int(def.Limits.MaxUnpackedBytes))), "largest unpacked package size")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", envDuration("BERTH_SHUTDOWN_TIMEOUT", 30*time.Second), "time to drain requests on shutdown")
+	f.StringVar(&cfg.DatabaseURL, "database-url", envOr("BERTH_DATABASE_URL", ""), "PostgreSQL URL for metadata (default: SQLite in the data dir)")
+	f.StringVar(&cfg.Runtime, "runtime", envOr("BERTH_RUNTIME", "process"), "how agents run: process or kubernetes")
+	f.StringVar(&cfg.KubeNamespace, "kube-namespace", envOr("BERTH_KUBE_NAMESPACE", "berth-agents"), "namespace the kubernetes runtime manages")
 	f.StringVar(&logLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", envOr("BERTH_LOG_FORMAT", "text"), "text or json")
 	return cmd
