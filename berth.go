@@ -207,6 +207,7 @@ type Deployment struct {
 	AgentID   string
 	VersionID string
 	Version   string
+	BuildID   string // the build it runs; set at creation, never changed
 	Status    DeploymentStatus
 	URL       string // base URL the proxy forwards to, e.g. http://127.0.0.1:41234
 	Error     string

@@ -499,15 +499,12 @@ type deploymentView struct {
 	UpdatedAt    time.Time              `json:"updated_at"`
 }
 
-func (s *Server) viewDeployment(r *http.Request, a berth.Agent, d berth.Deployment, buildOf map[string]string) deploymentView {
+func (s *Server) viewDeployment(a berth.Agent, d berth.Deployment) deploymentView {
 	v := deploymentView{
-		ID: d.ID, AgentID: d.AgentID, Version: d.Version, Namespace: "local", Replicas: 1, Status: d.Status,
+		ID: d.ID, AgentID: d.AgentID, BuildID: d.BuildID, Version: d.Version, Namespace: "local", Replicas: 1, Status: d.Status,
 		ErrorMessage: d.Error, Restarts: d.Restarts, StopAt: d.StopAt, RemovedAt: d.RemovedAt,
 		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
 		Active: d.VersionID == a.ActiveVersionID && d.Status == berth.DeploymentRunning,
-	}
-	if bid, ok := buildOf[d.VersionID]; ok {
-		v.BuildID = bid
 	}
 	if d.URL != "" {
 		u := d.URL
@@ -527,20 +524,9 @@ func (s *Server) handleDeployments(w http.ResponseWriter, r *http.Request, u ber
 		s.writeError(w, r, err)
 		return
 	}
-	bs, err := s.store.ListBuilds(r.Context(), a.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	// A deployment runs its version's own build: the first one made for it
-	// (builds are listed newest first; later ones are external records).
-	buildOf := map[string]string{}
-	for _, b := range bs {
-		buildOf[b.VersionID] = b.ID
-	}
 	out := make([]deploymentView, 0, len(ds))
 	for _, d := range ds {
-		out = append(out, s.viewDeployment(r, a, d, buildOf))
+		out = append(out, s.viewDeployment(a, d))
 	}
 	writeData(w, http.StatusOK, "Deployments", out)
 }

@@ -194,7 +194,7 @@ func (s *Server) handleCreateDeployment(w http.ResponseWriter, r *http.Request, 
 		return
 	}
 	now := time.Now().UTC()
-	d := berth.Deployment{ID: uuid.NewString(), AgentID: a.ID, VersionID: b.VersionID, Version: b.Version, Status: st, CreatedAt: now, UpdatedAt: now}
+	d := berth.Deployment{ID: uuid.NewString(), AgentID: a.ID, VersionID: b.VersionID, Version: b.Version, BuildID: b.ID, Status: st, CreatedAt: now, UpdatedAt: now}
 	if body.ServiceURL != nil {
 		d.URL = *body.ServiceURL
 	}
@@ -202,7 +202,7 @@ func (s *Server) handleCreateDeployment(w http.ResponseWriter, r *http.Request, 
 		s.writeError(w, r, err)
 		return
 	}
-	writeData(w, http.StatusCreated, "Deployment record created", s.viewDeployment(r, a, d, map[string]string{b.VersionID: b.ID}))
+	writeData(w, http.StatusCreated, "Deployment record created", s.viewDeployment(a, d))
 }
 
 type deploymentStatusBody struct {
@@ -259,7 +259,7 @@ func (s *Server) handleDeploymentStatus(w http.ResponseWriter, r *http.Request, 
 			s.log.Warn("stop deployment", "deployment", d.ID, "err", err)
 		}
 	}
-	writeData(w, http.StatusOK, "Deployment status updated", s.viewDeployment(r, a, d, nil))
+	writeData(w, http.StatusOK, "Deployment status updated", s.viewDeployment(a, d))
 }
 
 type versionMapping struct {

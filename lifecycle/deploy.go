@@ -144,7 +144,7 @@ func (e *Engine) deploy(ctx context.Context, actor berth.User, a berth.Agent, ki
 		CreatedAt: now,
 	}
 	b := berth.Build{ID: v.BuildID, AgentID: a.ID, VersionID: v.ID, Version: label, Status: berth.BuildQueued, CreatedAt: now, UpdatedAt: now}
-	d := berth.Deployment{ID: uuid.NewString(), AgentID: a.ID, VersionID: v.ID, Version: label, Status: berth.DeploymentStarting, CreatedAt: now, UpdatedAt: now}
+	d := berth.Deployment{ID: uuid.NewString(), AgentID: a.ID, VersionID: v.ID, Version: label, BuildID: b.ID, Status: berth.DeploymentStarting, CreatedAt: now, UpdatedAt: now}
 	res := DeployResult{
 		AgentID: a.ID, AgentName: a.Name, Version: label, PreviousVersion: a.ActiveVersion,
 		BuildID: b.ID, DeploymentID: d.ID, OperationID: op.ID, Status: "building",

@@ -164,7 +164,7 @@ func (e *Engine) reconcileAgent(ctx context.Context, a berth.Agent, isRunning ma
 	}
 	// The active version first: it is what users are waiting for.
 	if activeDep == nil {
-		d := berth.Deployment{ID: uuid.NewString(), AgentID: a.ID, VersionID: v.ID, Version: v.Version,
+		d := berth.Deployment{ID: uuid.NewString(), AgentID: a.ID, VersionID: v.ID, Version: v.Version, BuildID: v.BuildID,
 			Status: berth.DeploymentStarting, CreatedAt: now, UpdatedAt: now}
 		if err := e.store.CreateDeployment(ctx, d); err != nil {
 			return err

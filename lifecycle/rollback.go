@@ -241,6 +241,7 @@ func (e *Engine) readyTarget(ctx context.Context, a berth.Agent, to berth.Versio
 		AgentID:   a.ID,
 		VersionID: to.ID,
 		Version:   to.Version,
+		BuildID:   to.BuildID,
 		Status:    berth.DeploymentStarting,
 		CreatedAt: now,
 		UpdatedAt: now,

@@ -6,12 +6,12 @@ import (
 	"github.com/berthhq/berth"
 )
 
-const deploymentCols = `id, agent_id, version_id, version, status, url, error_message, restarts,
+const deploymentCols = `id, agent_id, version_id, version, build_id, status, url, error_message, restarts,
 	created_at, updated_at, stop_at, removed_at`
 
 func scanDeployment(sc interface{ Scan(...any) error }) (berth.Deployment, error) {
 	var d berth.Deployment
-	err := sc.Scan(&d.ID, &d.AgentID, &d.VersionID, &d.Version, &d.Status, &d.URL, &d.Error, &d.Restarts,
+	err := sc.Scan(&d.ID, &d.AgentID, &d.VersionID, &d.Version, &d.BuildID, &d.Status, &d.URL, &d.Error, &d.Restarts,
 		timeCol{&d.CreatedAt}, timeCol{&d.UpdatedAt}, nullTimeCol{&d.StopAt}, nullTimeCol{&d.RemovedAt})
 	return d, err
 }
@@ -20,8 +20,8 @@ func scanDeployment(sc interface{ Scan(...any) error }) (berth.Deployment, error
 // on its ID is CodeConflict.
 func (s *Store) CreateDeployment(ctx context.Context, d berth.Deployment) error {
 	_, err := s.write.ExecContext(ctx, `INSERT INTO deployments (`+deploymentCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-		d.ID, d.AgentID, d.VersionID, d.Version, string(d.Status), d.URL, d.Error, d.Restarts,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+		d.ID, d.AgentID, d.VersionID, d.Version, d.BuildID, string(d.Status), d.URL, d.Error, d.Restarts,
 		encTime(d.CreatedAt), encTime(d.UpdatedAt), encNullTime(d.StopAt), encNullTime(d.RemovedAt))
 	err = dbErr(err, "create deployment")
 	err = conflict(err, "deployment %s already exists", d.ID)

@@ -45,7 +45,7 @@ func testDeployments(t *testing.T, s berth.Store) {
 	upd.UpdatedAt = base.Add(time.Minute)
 	upd.StopAt = nil
 	upd.RemovedAt = ptr(base.Add(2 * time.Minute))
-	upd.Version, upd.VersionID, upd.CreatedAt = "9.9.9", v1.ID, base.Add(time.Hour)
+	upd.Version, upd.VersionID, upd.BuildID, upd.CreatedAt = "9.9.9", v1.ID, "other-build", base.Add(time.Hour)
 	check(t, s.UpdateDeployment(ctx, upd), "UpdateDeployment")
 	want := d2
 	want.Status, want.URL, want.Error, want.Restarts = upd.Status, upd.URL, upd.Error, upd.Restarts

@@ -102,6 +102,7 @@ func newDeployment(agentID string, v berth.Version, status berth.DeploymentStatu
 		AgentID:   agentID,
 		VersionID: v.ID,
 		Version:   v.Version,
+		BuildID:   uuid.NewString(),
 		Status:    status,
 		URL:       "http://127.0.0.1:41234",
 		CreatedAt: created,

@@ -75,6 +75,7 @@ CREATE TABLE deployments (
     agent_id      TEXT NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
     version_id    TEXT NOT NULL,
     version       TEXT NOT NULL,
+    build_id      TEXT NOT NULL,
     status        TEXT NOT NULL,
     url           TEXT NOT NULL,
     error_message TEXT NOT NULL,
