@@ -221,6 +221,7 @@ func (e *Engine) record(ctx context.Context, a berth.Agent, v berth.Version, b b
 // in one commit. On any failure the version and its deployment are marked
 // failed and the current version keeps serving.
 func (e *Engine) rollout(ctx context.Context, actor berth.User, a berth.Agent, v berth.Version, b berth.Build, d berth.Deployment, op *berth.Operation, req DeployRequest, res DeployResult) (DeployResult, error) {
+	defer e.releaseOnPanic(ctx, op)
 	start := time.Now()
 	fail := func(err error) (DeployResult, error) {
 		now := e.now()

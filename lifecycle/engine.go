@@ -249,6 +249,19 @@ func (e *Engine) commitFailure(ctx context.Context, c berth.Commit, op *berth.Op
 	return &berth.Error{Code: op.ErrorCode, Message: berth.ErrorMessage(cause), OperationID: op.ID, Err: cause}
 }
 
+// releaseOnPanic, deferred by every operation, records a panicking
+// operation as failed and releases its agent's guard before the panic goes
+// on, so that no agent stays locked until the lease runs out. (If the
+// operation had already committed, the fenced Commit refuses and nothing is
+// written.)
+func (e *Engine) releaseOnPanic(ctx context.Context, op *berth.Operation) {
+	if r := recover(); r != nil {
+		e.log.Error("operation panicked", "operation", op.ID, "kind", op.Kind, "agent_id", op.AgentID, "panic", r)
+		_ = e.commitFailure(ctx, berth.Commit{}, op, fmt.Errorf("operation panicked: %v", r))
+		panic(r)
+	}
+}
+
 // replay turns an earlier operation found by idempotency key into the
 // answer it gave: its result, or its error.
 func replay[T any](op berth.Operation) (T, error) {

@@ -303,6 +303,7 @@ func (e *Engine) Delete(ctx context.Context, actor berth.User, a berth.Agent) er
 	}
 	defer stop()
 	ctx = context.WithoutCancel(ctx)
+	defer e.releaseOnPanic(ctx, &op)
 	e.router.Unroute(a.Name)
 	ds, err := e.store.ListDeployments(ctx, a.ID)
 	if err != nil {

@@ -149,6 +149,7 @@ func (e *Engine) decideRollback(ctx context.Context, a berth.Agent, requested st
 // executeRollback runs a started rollback operation to its end and commits
 // the outcome.
 func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.Agent, op *berth.Operation, req RollbackRequest, start time.Time) (RollbackResult, error) {
+	defer e.releaseOnPanic(ctx, op)
 	// Decide again under the guard: another operation may have changed the
 	// agent between the first decision and taking the guard.
 	cur, err := e.store.AgentByID(ctx, a.ID)
