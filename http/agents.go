@@ -128,10 +128,12 @@ func (s *Server) readDeployForm(w http.ResponseWriter, r *http.Request, allowed 
 	return f, nil
 }
 
+// wrapBody classifies an error reading a request body: over the size limit
+// is CodeTooLarge, anything else a malformed body.
 func wrapBody(err error, what string) error {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return err
+		return berth.Errorf(berth.CodeTooLarge, "request body is larger than %d bytes", mbe.Limit)
 	}
 	return berth.Errorf(berth.CodeInvalidBody, "%s: %v", what, err)
 }

@@ -179,7 +179,7 @@ func (ts *testServer) get(path, token string) (int, []byte) {
 }
 
 // wantError checks that a response is the error shape with status and code.
-func wantError(t *testing.T, what string, st int, body []byte, status int, code string) errorBody {
+func wantError(t testing.TB, what string, st int, body []byte, status int, code string) errorBody {
 	t.Helper()
 	var e errorBody
 	if err := json.Unmarshal(body, &e); err != nil {

@@ -23,7 +23,7 @@ import (
 // testServer is a real Berth control plane (SQLite in a temp dir, real
 // child processes, real proxy) serving on a loopback port.
 type testServer struct {
-	t       *testing.T
+	t       testing.TB
 	URL     string
 	DataDir string
 	Admin   string // the bootstrap superuser's token
@@ -43,7 +43,7 @@ func withStandby(n int) serverOption {
 }
 
 // startServer starts a server on dataDir ("" = a new temp dir).
-func startServer(t *testing.T, dataDir string, opts ...serverOption) *testServer {
+func startServer(t testing.TB, dataDir string, opts ...serverOption) *testServer {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
@@ -136,7 +136,7 @@ func jsonBody(v any) io.Reader {
 	return bytes.NewReader(b)
 }
 
-func mustJSON(t *testing.T, b []byte, v any) {
+func mustJSON(t testing.TB, b []byte, v any) {
 	t.Helper()
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("decode %s: %v", b, err)
@@ -172,7 +172,7 @@ func (ts *testServer) do(method, path, token string, body io.Reader, contentType
 }
 
 // multipartBody builds a multipart form with a "file" part and fields.
-func multipartBody(t *testing.T, zip []byte, fields map[string]string) (io.Reader, string) {
+func multipartBody(t testing.TB, zip []byte, fields map[string]string) (io.Reader, string) {
 	t.Helper()
 	var buf bytes.Buffer
 	mw := multipart.NewWriter(&buf)
@@ -412,7 +412,7 @@ func (ts *testServer) state(token, agent string) state {
 }
 
 // echo returns an echo-agent package of the given name and card version.
-func echo(t *testing.T, name, version string, env map[string]string) []byte {
+func echo(t testing.TB, name, version string, env map[string]string) []byte {
 	t.Helper()
 	return berthtest.EchoPackage(t, berthtest.PackageOptions{Name: name, Version: version, Env: env})
 }
