@@ -254,44 +254,54 @@ func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request, u berth.Us
 		s.writeError(w, r, err)
 		return
 	}
-	strategy, err := lifecycle.ParseStrategy(form.fields["update_strategy"])
-	if err == nil {
-		var cleanup bool
-		cleanup, err = boolParam(form.fields["cleanup_old"], true, "cleanup_old")
-		if err == nil {
-			req := lifecycle.DeployRequest{
-				ZipPath:        form.zipPath,
-				Version:        form.fields["version"],
-				Strategy:       strategy,
-				CleanupOld:     cleanup,
-				Async:          !wait,
-				IdempotencyKey: r.Header.Get("Idempotency-Key"),
-			}
-			if d, ok := form.fields["description"]; ok {
-				req.Description = &d
-			}
-			var res lifecycle.DeployResult
-			res, err = s.engine.Update(r.Context(), u, a, req)
-			if err == nil {
-				status, msg := http.StatusOK, "Agent updated"
-				if res.Status != "running" {
-					status, msg = http.StatusAccepted, "Agent update accepted; building"
-				}
-				var prev *string
-				if res.PreviousVersion != "" {
-					prev = &res.PreviousVersion
-				}
-				writeData(w, status, msg, updateData{
-					Message: msg, AgentID: res.AgentID, NewVersion: res.Version, PreviousVersion: prev,
-					BuildID: res.BuildID, DeploymentID: res.DeploymentID, UpdateStrategy: string(res.Strategy),
-					Status: res.Status, StatusCode: status, OperationID: res.OperationID, Stopped: nonNil(res.Stopped),
-				})
-				return
-			}
-		}
+	req, err := updateRequest(form, !wait, r.Header.Get("Idempotency-Key"))
+	if err != nil {
+		os.Remove(form.zipPath)
+		s.writeError(w, r, err)
+		return
 	}
-	os.Remove(form.zipPath)
-	s.writeError(w, r, err)
+	res, err := s.engine.Update(r.Context(), u, a, req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status, msg := http.StatusOK, "Agent updated"
+	if res.Status != "running" {
+		status, msg = http.StatusAccepted, "Agent update accepted; building"
+	}
+	var prev *string
+	if res.PreviousVersion != "" {
+		prev = &res.PreviousVersion
+	}
+	writeData(w, status, msg, updateData{
+		Message: msg, AgentID: res.AgentID, NewVersion: res.Version, PreviousVersion: prev,
+		BuildID: res.BuildID, DeploymentID: res.DeploymentID, UpdateStrategy: string(res.Strategy),
+		Status: res.Status, StatusCode: status, OperationID: res.OperationID, Stopped: nonNil(res.Stopped),
+	})
+}
+
+// updateRequest turns an update form into an engine request.
+func updateRequest(form deployForm, async bool, idempotencyKey string) (lifecycle.DeployRequest, error) {
+	strategy, err := lifecycle.ParseStrategy(form.fields["update_strategy"])
+	if err != nil {
+		return lifecycle.DeployRequest{}, err
+	}
+	cleanup, err := boolParam(form.fields["cleanup_old"], true, "cleanup_old")
+	if err != nil {
+		return lifecycle.DeployRequest{}, err
+	}
+	req := lifecycle.DeployRequest{
+		ZipPath:        form.zipPath,
+		Version:        form.fields["version"],
+		Strategy:       strategy,
+		CleanupOld:     cleanup,
+		Async:          async,
+		IdempotencyKey: idempotencyKey,
+	}
+	if d, ok := form.fields["description"]; ok {
+		req.Description = &d
+	}
+	return req, nil
 }
 
 // RollbackBody is the rollback request body. Every field is optional.
