@@ -217,7 +217,7 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request, u berth.Us
 		status, msg = http.StatusAccepted, "Agent upload accepted; building"
 	}
 	writeData(w, status, msg, uploadItem{
-		Success: true, AgentName: res.AgentName, Status: res.Status, Version: res.Version,
+		Success: true, AgentName: res.AgentName, Status: res.Status, Version: res.Version, ValidationErrors: []string{},
 		AgentID: res.AgentID, BuildID: res.BuildID, DeploymentID: res.DeploymentID, OperationID: res.OperationID,
 		URL: s.agentURL(res.AgentName),
 	})

@@ -55,9 +55,13 @@ type RollbackResult struct {
 // with the operation record. A failed attempt changes nothing users see.
 func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, req RollbackRequest) (RollbackResult, error) {
 	start := time.Now()
-	from, to, warm, deployments, err := e.decideRollback(ctx, a, req.Target)
-	if err != nil {
-		return RollbackResult{}, err
+	from, to, warm, deployments, decideErr := e.decideRollback(ctx, a, req.Target)
+	// Without an Idempotency-Key a refused rollback records nothing. With
+	// one, the operation is begun even so: a repeat must get the first
+	// answer, although the first rollback changed what the default target
+	// now is, and a refusal is an answer too.
+	if decideErr != nil && (req.IdempotencyKey == "" || req.DryRun) {
+		return RollbackResult{}, decideErr
 	}
 	var cleaned []berth.Deployment
 	if req.CleanupFailed {
@@ -85,6 +89,10 @@ func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, 
 	}
 	if repeat {
 		return replay[RollbackResult](prev)
+	}
+	if decideErr != nil {
+		stop()
+		return RollbackResult{}, e.commitFailure(ctx, berth.Commit{}, &op, decideErr)
 	}
 	res.OperationID = op.ID
 	if req.Async {

@@ -485,9 +485,26 @@ func TestRollbackIdempotencyKey(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d rollback operations recorded, want 1", n)
 	}
-	// A new key is a new rollback.
-	if r := ts.rollback(ts.Admin, "idem", ""); r.RolledBackTo != "1.0.0" {
-		t.Errorf("rollback with a new key = %+v, want → 1.0.0", r)
+	// A new key is a new rollback; it leaves nothing good to go back to,
+	// and its repeat still gets the first answer, not no_rollback_target.
+	h2 := http.Header{"Idempotency-Key": {"key-2"}}
+	for i := range 2 {
+		st, b := ts.rollbackRaw(ts.Admin, "idem", "", "", h2)
+		var r struct{ Data rollbackData }
+		mustJSON(t, b, &r)
+		if st != 200 || r.Data.RolledBackTo != "1.0.0" {
+			t.Errorf("rollback %d with key-2 = %d %s, want 200 → 1.0.0", i, st, b)
+		}
+	}
+	// A refusal with a key is an answer too, and is repeated as such.
+	h3 := http.Header{"Idempotency-Key": {"key-3"}}
+	for i := range 2 {
+		st, b := ts.rollbackRaw(ts.Admin, "idem", "", "", h3)
+		var e errorBody
+		mustJSON(t, b, &e)
+		if st != 409 || e.Code != "no_rollback_target" {
+			t.Errorf("refused rollback %d with key-3 = %d %s, want 409 no_rollback_target", i, st, b)
+		}
 	}
 }
 
