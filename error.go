@@ -15,6 +15,7 @@ const (
 	CodeUnauthorized        Code = "unauthorized"
 	CodeForbidden           Code = "forbidden"
 	CodeNotFound            Code = "not_found"
+	CodeMethodNotAllowed    Code = "method_not_allowed"
 	CodeConflict            Code = "conflict"
 	CodeNoRollbackTarget    Code = "no_rollback_target"
 	CodeOperationInProgress Code = "operation_in_progress"

@@ -196,6 +196,8 @@ func (s *Server) handleMyAgents(w http.ResponseWriter, r *http.Request, u berth.
 }
 
 type uploadInfo struct {
+	UploadType     string    `json:"upload_type"`
+	UploadStatus   string    `json:"upload_status"`
 	Status         string    `json:"status"`
 	CurrentVersion string    `json:"current_version"`
 	CreatedAt      time.Time `json:"created_at"`
@@ -238,7 +240,7 @@ func (s *Server) handleUploadAgents(w http.ResponseWriter, r *http.Request, u be
 			status = "not_deployed"
 		}
 		out = append(out, uploadAgent{AgentID: a.ID, AgentName: a.Name, IconURL: icon, Tags: tags, Description: a.Description,
-			UploadInfo: uploadInfo{Status: status, CurrentVersion: a.ActiveVersion, CreatedAt: a.CreatedAt, UpdatedAt: a.UpdatedAt,
+			UploadInfo: uploadInfo{UploadType: "zip", UploadStatus: status, Status: status, CurrentVersion: a.ActiveVersion, CreatedAt: a.CreatedAt, UpdatedAt: a.UpdatedAt,
 				URL: s.agentURL(a.Name)}})
 	}
 	writeData(w, http.StatusOK, "Uploaded agents", out)

@@ -20,6 +20,7 @@ var statusOf = map[berth.Code]int{
 	berth.CodeUnauthorized:        http.StatusUnauthorized,
 	berth.CodeForbidden:           http.StatusForbidden,
 	berth.CodeNotFound:            http.StatusNotFound,
+	berth.CodeMethodNotAllowed:    http.StatusMethodNotAllowed,
 	berth.CodeConflict:            http.StatusConflict,
 	berth.CodeNoRollbackTarget:    http.StatusConflict,
 	berth.CodeOperationInProgress: http.StatusConflict,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/berthhq/berth"
@@ -115,9 +116,26 @@ func (s *Server) routes() {
 		s.mux.Handle("/agents/{name}", s.proxy)
 		s.mux.Handle("/agents/{name}/{path...}", s.proxy)
 	}
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, berth.Errorf(berth.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
-	})
+	s.mux.HandleFunc("/", s.handleNoRoute)
+}
+
+// handleNoRoute answers requests no route matched: 405 naming the allowed
+// methods when the path exists with other methods, else 404.
+func (s *Server) handleNoRoute(w http.ResponseWriter, r *http.Request) {
+	var allowed []string
+	for _, m := range []string{"GET", "POST", "PUT", "DELETE"} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" {
+			allowed = append(allowed, m)
+		}
+	}
+	if len(allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		s.writeError(w, r, berth.Errorf(berth.CodeMethodNotAllowed, "%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
+		return
+	}
+	s.writeError(w, r, berth.Errorf(berth.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {

@@ -81,10 +81,14 @@ func (e *Engine) Upload(ctx context.Context, actor berth.User, req DeployRequest
 		a.Description = *req.Description
 	}
 	if err := e.store.CreateAgent(ctx, a); err != nil {
-		if isCode(err, berth.CodeConflict) {
-			return DeployResult{}, berth.Errorf(berth.CodeConflict, "agent %q already exists; deploy a new version with PUT /api/v1/agents/{agent_id}/update", name)
+		if !isCode(err, berth.CodeConflict) {
+			return DeployResult{}, err
 		}
-		return DeployResult{}, err
+		// A retried upload finds the agent its first attempt created.
+		if prev, ok := e.uploadByKey(ctx, actor, name, req.IdempotencyKey); ok {
+			return replay[DeployResult](prev)
+		}
+		return DeployResult{}, berth.Errorf(berth.CodeConflict, "agent %q already exists; deploy a new version with PUT /api/v1/agents/{agent_id}/update", name)
 	}
 	res, err := e.deploy(ctx, actor, a, berth.OpUpload, label, pkg, req)
 	if err != nil && res.OperationID == "" {
@@ -94,6 +98,31 @@ func (e *Engine) Upload(ctx context.Context, actor berth.User, req DeployRequest
 		}
 	}
 	return res, err
+}
+
+// uploadByKey finds the upload of agent name that actor made with
+// idempotency key key, within the idempotency window.
+func (e *Engine) uploadByKey(ctx context.Context, actor berth.User, name, key string) (berth.Operation, bool) {
+	if key == "" {
+		return berth.Operation{}, false
+	}
+	a, err := e.store.AgentByName(ctx, name)
+	if err != nil || a.OwnerID != actor.ID {
+		return berth.Operation{}, false
+	}
+	// The upload is the agent's first operation, so it is among the
+	// oldest; agents retried with a key are young, so a page suffices.
+	ops, err := e.store.ListOperations(ctx, a.ID, 1000)
+	if err != nil {
+		return berth.Operation{}, false
+	}
+	since := e.now().Add(-e.cfg.IdempotencyTTL)
+	for _, op := range ops {
+		if op.Kind == berth.OpUpload && op.IdempotencyKey == key && op.StartedAt.After(since) {
+			return op, true
+		}
+	}
+	return berth.Operation{}, false
 }
 
 // Update deploys a new version of agent a.

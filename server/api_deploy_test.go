@@ -10,10 +10,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -26,7 +29,7 @@ import (
 	"github.com/berthhq/berth/berthtest"
 )
 
-// envelope decodes a success answer's data into v and checks the envelope.
+// envelopeData decodes a success answer's data into v and checks the envelope.
 func envelopeData(t *testing.T, what string, body []byte, status int, v any) {
 	t.Helper()
 	var env struct {
@@ -74,6 +77,42 @@ func TestUploadServesThroughProxy(t *testing.T) {
 	if !ok || e["description"] != "says hello" || e["version"] != "1.0.0" || e["owner_id"] != user.UserID {
 		t.Errorf("registry entry = %v, want the form's description, version 1.0.0, owned by the uploader", e)
 	}
+
+	// The uploader's agents (Nasiko's upload-agents).
+	st, body = ts.get("/api/v1/user/upload-agents", user.Token)
+	var mine []struct {
+		AgentID    string `json:"agent_id"`
+		AgentName  string `json:"agent_name"`
+		UploadInfo struct {
+			Status         string `json:"status"`
+			CurrentVersion string `json:"current_version"`
+			URL            string `json:"url"`
+		} `json:"upload_info"`
+	}
+	envelopeData(t, "upload-agents", body, http.StatusOK, &mine)
+	if len(mine) != 1 || mine[0].AgentID != up.AgentID || mine[0].AgentName != "greeter" || mine[0].UploadInfo.Status != "active" ||
+		mine[0].UploadInfo.CurrentVersion != "1.0.0" || mine[0].UploadInfo.URL != up.URL {
+		t.Errorf("upload-agents = %s", body)
+	}
+	// Nasiko's UploadInfoResponse requires upload_type and upload_status.
+	var rawMine struct {
+		Data []struct {
+			UploadInfo map[string]json.RawMessage `json:"upload_info"`
+		}
+	}
+	mustJSON(t, body, &rawMine)
+	for _, k := range []string{"upload_type", "upload_status"} {
+		if len(rawMine.Data) == 1 {
+			if _, ok := rawMine.Data[0].UploadInfo[k]; !ok {
+				t.Errorf("upload-agents upload_info has no %q (required by Nasiko's UploadInfoResponse): %s", k, body)
+			}
+		}
+	}
+	if st, body = ts.get("/api/v1/user/upload-agents", ts.Admin); !strings.Contains(string(body), `"data":[]`) {
+		t.Errorf("admin's upload-agents = %d %s, want none (greeter is not the admin's)", st, body)
+	}
+	st, body = ts.get("/api/v1/user/upload-agents?limit=0", user.Token)
+	wantError(t, "upload-agents ?limit=0", st, body, http.StatusBadRequest, "invalid")
 
 	// The same name again is a conflict and changes nothing.
 	before := ts.state(user.Token, "greeter")
@@ -194,8 +233,13 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, "")
 	user := ts.register("shapes", false)
-	up := ts.upload(user.Token, echo(t, "shaped", "1.0.0", nil))
-	upd := ts.update(user.Token, "shaped", echo(t, "shaped", "1.1.0", map[string]string{"ECHO_GREETING": "v11"}), map[string]string{"update_strategy": "blue-green"})
+	// Packages with folders, an executable and incompressible data, so
+	// that download round-trips more than the two metadata files. (The
+	// echo binary is run by path: zipping 6 MB under -race is slow.)
+	pkg10 := richPackage(t, "shaped", "1.0.0", nil)
+	pkg11 := richPackage(t, "shaped", "1.1.0", map[string]string{"ECHO_GREETING": "v11"})
+	up := ts.upload(user.Token, pkg10)
+	upd := ts.update(user.Token, "shaped", pkg11, map[string]string{"update_strategy": "blue-green"})
 	if upd.NewVersion != "1.1.0" {
 		t.Fatalf("update new_version = %q, want 1.1.0", upd.NewVersion)
 	}
@@ -232,11 +276,9 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 		t.Errorf("versions = %+v, want 1.1.0 active then 1.0.0 standby (blue-green)", h.Versions)
 	}
 	for _, c := range []struct {
-		v       versionEntry
-		build   string
-		deploy  string
-		created string
-	}{{v11, upd.BuildID, upd.DeploymentID, ""}, {v10, up.BuildID, up.DeploymentID, ""}} {
+		v             versionEntry
+		build, deploy string
+	}{{v11, upd.BuildID, upd.DeploymentID}, {v10, up.BuildID, up.DeploymentID}} {
 		if !slices.Equal(c.v.BuildIDs, []string{c.build}) || !slices.Equal(c.v.DeploymentIDs, []string{c.deploy}) || c.v.RollbackInfo != nil {
 			t.Errorf("version %s = %+v, want build_ids [%s], deployment_ids [%s], rollback_info null", c.v.Version, c.v, c.build, c.deploy)
 		}
@@ -332,6 +374,17 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 		wantError(t, "operations ?limit="+q, st, body, http.StatusBadRequest, "invalid")
 	}
 
+	// Another agent of the same owner does not see this one's operations or
+	// deployments.
+	st, body = ts.do("POST", "/api/v1/registry", user.Token, jsonBody(map[string]any{"name": "shaped-sibling"}), "application/json", nil)
+	if st != http.StatusCreated {
+		t.Fatalf("registry create = %d %s", st, body)
+	}
+	st, body = ts.get("/api/v1/agents/shaped-sibling/operations/"+up.OperationID, user.Token)
+	wantError(t, "an operation through another agent", st, body, http.StatusNotFound, "not_found")
+	st, body = ts.get("/api/v1/agents/shaped-sibling/logs?deployment_id="+up.DeploymentID, user.Token)
+	wantError(t, "logs of a deployment through another agent", st, body, http.StatusNotFound, "not_found")
+
 	// The update's greeting is what the proxy serves now.
 	if w := ts.whoami("shaped"); w.Version != "1.1.0" || w.Greeting != "v11" {
 		t.Errorf("whoami = %+v, want 1.1.0 with greeting v11", w)
@@ -344,8 +397,7 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 	}
 
 	t.Run("download", func(t *testing.T) {
-		pkg := echo(t, "shaped", "1.0.0", nil) // the same files as uploaded
-		files := zipFiles(t, pkg)
+		files := map[string]map[string]fileInfo{"1.0.0": zipFiles(t, pkg10), "1.1.0": zipFiles(t, pkg11)}
 		for _, q := range []string{"?version=1.0.0", "?version=1.1.0", ""} {
 			st, hdr, body := ts.call("GET", "/api/v1/agents/shaped/download"+q, user.Token, nil, "", nil)
 			if st != http.StatusOK {
@@ -355,9 +407,9 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 				t.Errorf("download%s Content-Type = %q", q, ct)
 			}
 			got := tarGzFiles(t, body)
-			want := files
-			if q != "?version=1.0.0" {
-				want = zipFiles(t, echo(t, "shaped", "1.1.0", map[string]string{"ECHO_GREETING": "v11"}))
+			want := files["1.1.0"]
+			if q == "?version=1.0.0" {
+				want = files["1.0.0"]
 			}
 			if len(got) != len(want) {
 				t.Errorf("download%s files = %v, want %v", q, keys(got), keys(want))
@@ -367,6 +419,10 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 					t.Errorf("download%s: %s differs from the uploaded package (present %v, exec %v/%v)", q, name, ok, g.exec, w.exec)
 				}
 			}
+		}
+		st, hdr, _ := ts.call("GET", "/api/v1/agents/shaped/download?version=1.0.0", user.Token, nil, "", nil)
+		if sum := sha256.Sum256(pkg10); st != http.StatusOK || hdr.Get("X-Berth-Digest") != hex.EncodeToString(sum[:]) {
+			t.Errorf("download X-Berth-Digest = %q, want the uploaded zip's sha256 %x", hdr.Get("X-Berth-Digest"), sum)
 		}
 		for _, q := range []string{"?version=9.9.9", "?version=nonsense"} {
 			st, body := ts.get("/api/v1/agents/shaped/download"+q, user.Token)
@@ -393,6 +449,23 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 		st, body = ts.get("/api/v1/agents/shaped/logs?version=4.0.0", user.Token)
 		wantError(t, "logs of an unknown version", st, body, http.StatusNotFound, "not_found")
 	})
+}
+
+// richPackage is light plus a folder tree, an executable script and 256 KiB
+// of random data.
+func richPackage(t *testing.T, name, version string, env map[string]string) []byte {
+	t.Helper()
+	files := zipFiles(t, light(t, name, version, env))
+	z := map[string]string{
+		"bin/":              "",
+		"bin/tool.sh":       "#!/bin/sh\necho tool\n",
+		"data/nested/x.bin": randomString(t, 256<<10),
+		"README.md":         "# " + name + " " + version + "\n",
+	}
+	for n, f := range files {
+		z[n] = f.body
+	}
+	return berthtest.ZipWithModes(t, z, map[string]fs.FileMode{"bin/tool.sh": 0o755})
 }
 
 type fileInfo struct {
@@ -528,7 +601,7 @@ func TestRestartBringsBackTheActiveVersion(t *testing.T) {
 	ts := startServer(t, dir)
 	user := ts.register("restarter", false)
 	ts.upload(user.Token, light(t, "phoenix", "1.0.0", nil))
-	ts.update(user.Token, "phoenix", light(t, "phoenix", "1.1.0", map[string]string{"ECHO_GREETING": "reborn"}), nil)
+	ts.update(user.Token, "phoenix", light(t, "phoenix", "1.1.0", map[string]string{"ECHO_GREETING": "reborn"}), map[string]string{"update_strategy": "blue-green"})
 	before := ts.whoami("phoenix")
 	var urls []string
 	for _, d := range ts.deployments(user.Token, "phoenix") {
@@ -536,8 +609,8 @@ func TestRestartBringsBackTheActiveVersion(t *testing.T) {
 			urls = append(urls, *d.ServiceURL)
 		}
 	}
-	if len(urls) == 0 {
-		t.Fatal("no deployment has a service_url")
+	if len(urls) != 2 {
+		t.Fatalf("service urls = %v, want the active and the standby deployment's", urls)
 	}
 	ts.Close()
 	for _, u := range urls {
@@ -555,8 +628,19 @@ func TestRestartBringsBackTheActiveVersion(t *testing.T) {
 		t.Errorf("whoami after restart = %+v, want 1.1.0 reborn of agent %s", after, before.AgentID)
 	}
 	tok := ts2.loginOK(user.Key, user.Secret).Token
-	if h := ts2.history(tok, "phoenix"); h.CurrentVersion != "1.1.0" || h.statuses()["1.1.0"] != "active" {
-		t.Errorf("history after restart = %+v", h)
+	if h := ts2.history(tok, "phoenix"); h.CurrentVersion != "1.1.0" || h.statuses()["1.1.0"] != "active" || h.statuses()["1.0.0"] != "standby" {
+		t.Errorf("history after restart = %+v, want 1.1.0 active and 1.0.0 a warm standby again", h)
+	}
+	// Both deployments run again, each answering as its own version.
+	for _, d := range ts2.deployments(tok, "phoenix") {
+		if d.Status != "running" || d.ServiceURL == nil {
+			t.Errorf("deployment after restart = %+v, want running", d)
+			continue
+		}
+		w, err := berthtest.GetWhoami(t.Context(), *d.ServiceURL)
+		if err != nil || w.DeploymentID != d.ID || w.Version != d.Version {
+			t.Errorf("whoami at %s = %+v, %v; want deployment %s of %s", *d.ServiceURL, w, err, d.ID, d.Version)
+		}
 	}
 	// The old token still works: the signing secret survived the restart.
 	if st, body := ts2.get("/api/v1/registry/user/agents", user.Token); st != http.StatusOK {
@@ -722,4 +806,145 @@ func TestShutdownDuringAsyncUpload(t *testing.T) {
 	if w := ts2.whoami("interrupted"); w.Version != "1.1.0" {
 		t.Errorf("whoami after the update = %+v, want 1.1.0", w)
 	}
+}
+
+func TestConcurrentUploadsOfOneName(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "")
+	const n = 4
+	type result struct {
+		st   int
+		body []byte
+	}
+	results := make(chan result, n)
+	pkgs := make([][]byte, n)
+	for i := range pkgs {
+		pkgs[i] = light(t, "racer", "1.0.0", map[string]string{"ECHO_GREETING": fmt.Sprint(i)})
+	}
+	for i := range n {
+		go func() {
+			body, ct := multipartBody(t, pkgs[i], nil)
+			req, _ := http.NewRequest("POST", ts.URL+"/api/v1/agents/upload?wait=true", body)
+			req.Header.Set("Authorization", "Bearer "+ts.Admin)
+			req.Header.Set("Content-Type", ct)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				results <- result{0, []byte(err.Error())}
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			results <- result{resp.StatusCode, b}
+		}()
+	}
+	ok := 0
+	for range n {
+		r := <-results
+		switch r.st {
+		case http.StatusOK:
+			ok++
+		case http.StatusConflict:
+			wantError(t, "a losing concurrent upload", r.st, r.body, http.StatusConflict, "conflict")
+		default:
+			t.Errorf("concurrent upload = %d %s, want 200 or 409", r.st, r.body)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d concurrent uploads of one name succeeded, want exactly 1", ok)
+	}
+	h := ts.history(ts.Admin, "racer")
+	if len(h.Versions) != 1 || h.CurrentVersion != "1.0.0" {
+		t.Errorf("history = %+v, want one version", h)
+	}
+	// Only the winner's files exist.
+	for _, p := range dataListing(t, ts.DataDir, "packages", "versions") {
+		if !strings.Contains(p, h.AgentID) {
+			t.Errorf("%s is left by a losing upload", p)
+		}
+	}
+	if tmp := dataListing(t, ts.DataDir, "tmp"); len(tmp) != 0 {
+		t.Errorf("tmp/ holds %v after the uploads", tmp)
+	}
+	if w := ts.whoami("racer"); w.AgentID != h.AgentID {
+		t.Errorf("whoami = %+v, want agent %s", w, h.AgentID)
+	}
+}
+
+// TestUploadFolderedPackage uploads a zip whose files sit in one top-level
+// folder (as zipping a folder usually makes), with OS litter beside it.
+func TestUploadFolderedPackage(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "")
+	inner := zipFiles(t, light(t, "foldered", "1.0.0", map[string]string{"ECHO_GREETING": "from a folder"}))
+	files := map[string]string{"foldered/": "", "foldered/lib/": "", "foldered/lib/util.txt": "util", "__MACOSX/._AgentCard.json": "junk"}
+	for n, f := range inner {
+		files["foldered/"+n] = f.body
+	}
+	ts.upload(ts.Admin, berthtest.Zip(t, files))
+	if w := ts.whoami("foldered"); w.Version != "1.0.0" || w.Greeting != "from a folder" {
+		t.Errorf("whoami = %+v", w)
+	}
+	st, body := ts.get("/api/v1/agents/foldered/download", ts.Admin)
+	if st != http.StatusOK {
+		t.Fatalf("download = %d %s", st, body)
+	}
+	got := tarGzFiles(t, body)
+	want := []string{"AgentCard.json", "berth.json", "lib/util.txt"}
+	if k := keys(got); !slices.Equal(k, want) {
+		t.Errorf("downloaded files = %v, want %v (relative to the package root, without litter)", k, want)
+	}
+}
+
+func TestOversizeJSONBodies(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "")
+	huge := `{"name":"big","description":"` + strings.Repeat("x", 2<<20) + `"}`
+	for _, c := range []struct{ method, path, token string }{
+		{"POST", "/auth/users/login", ""},
+		{"POST", "/api/v1/registry", ts.Admin},
+		{"PUT", "/api/v1/registry/agent/big", ts.Admin},
+		{"POST", "/api/v1/user/register", ts.Admin},
+		{"POST", "/api/v1/agents/build", ts.Admin},
+		{"POST", "/api/v1/agents/big/rollback", ts.Admin},
+	} {
+		st, body := ts.do(c.method, c.path, c.token, strings.NewReader(huge), "application/json", nil)
+		wantError(t, c.method+" "+c.path+" with a 2 MiB body", st, body, http.StatusRequestEntityTooLarge, "too_large")
+	}
+	if _, ok := ts.agentByName("big"); ok {
+		t.Errorf("an oversize body created an agent")
+	}
+}
+
+// TestUploadIdempotencyKey retries an upload with the same Idempotency-Key,
+// as a client does after a timeout: the retry gets the first answer and
+// nothing happens again.
+func TestUploadIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "")
+	user := ts.register("idem-user", false)
+	pkg := light(t, "idem", "1.0.0", nil)
+	key := http.Header{"Idempotency-Key": {"upload-idem-1"}}
+	var first deployResult
+	for i := range 2 {
+		body, ct := multipartBody(t, pkg, nil)
+		st, b := ts.do("POST", "/api/v1/agents/upload?wait=true", user.Token, body, ct, key)
+		if st != http.StatusOK {
+			t.Fatalf("upload #%d with Idempotency-Key = %d %s, want 200 (the first answer)", i+1, st, b)
+		}
+		var r deployResult
+		envelopeData(t, "upload", b, http.StatusOK, &r)
+		if i == 0 {
+			first = r
+		} else if r != first {
+			t.Errorf("repeated upload = %+v, want the first answer %+v", r, first)
+		}
+	}
+	if ops := ts.operations(user.Token, "idem"); len(ops) != 1 {
+		t.Errorf("operations = %+v, want the one upload", ops)
+	}
+	// Another caller using the same key is not answered with this upload.
+	other := ts.register("idem-other", false)
+	body, ct := multipartBody(t, pkg, nil)
+	st, b := ts.do("POST", "/api/v1/agents/upload?wait=true", other.Token, body, ct, key)
+	wantError(t, "another user's upload with the same key", st, b, http.StatusConflict, "conflict")
 }

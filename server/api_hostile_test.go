@@ -92,7 +92,15 @@ func TestHostilePackagesAreRefused(t *testing.T) {
 		return zent{name: "AgentCard.json", body: `{"name":"` + name + `","version":"9.0.0"}`}
 	}
 	cfg := zent{name: "berth.json", body: `{"run":["` + bin + `"]}`}
+	// The bombs' compressed data is made once: deflating megabytes under
+	// the race detector is slow.
 	zeros := make([]byte, 4<<20)
+	bomb := deflated(t, zeros)
+	mega := deflated(t, zeros[:1<<20])
+	rawEntry := func(name string, plain []byte, raw []byte, declared int) zent {
+		return zent{hdr: &zip.FileHeader{Name: name, Method: zip.Deflate, UncompressedSize64: uint64(declared),
+			CompressedSize64: uint64(len(raw)), CRC32: crc32.ChecksumIEEE(plain)}, raw: raw}
+	}
 
 	cases := []struct {
 		name   string
@@ -125,17 +133,15 @@ func TestHostilePackagesAreRefused(t *testing.T) {
 			return makeZip(t, es...)
 		}, 413, "too_large"},
 		{"zip bomb (declared size)", func(a string) []byte {
-			return makeZip(t, card(a), cfg, zent{name: "bomb.bin", body: string(zeros)})
+			return makeZip(t, card(a), cfg, rawEntry("bomb.bin", zeros, bomb, len(zeros)))
 		}, 413, "too_large"},
 		{"zip bomb (lying header)", func(a string) []byte {
-			raw := deflated(t, zeros)
-			return makeZip(t, card(a), cfg, zent{hdr: &zip.FileHeader{Name: "bomb.bin", Method: zip.Deflate,
-				UncompressedSize64: 100, CompressedSize64: uint64(len(raw)), CRC32: crc32.ChecksumIEEE(make([]byte, 100))}, raw: raw})
+			return makeZip(t, card(a), cfg, rawEntry("bomb.bin", zeros[:100], bomb, 100))
 		}, 413, "too_large"},
 		{"zip bomb (many files)", func(a string) []byte {
 			es := []zent{card(a), cfg}
 			for _, n := range []string{"a.bin", "b.bin", "c.bin"} {
-				es = append(es, zent{name: n, body: string(zeros[:1<<20])})
+				es = append(es, rawEntry(n, zeros[:1<<20], mega, 1<<20))
 			}
 			return makeZip(t, es...)
 		}, 413, "too_large"},

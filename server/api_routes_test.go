@@ -68,10 +68,13 @@ func fillPath(p string) string {
 }
 
 // isNoRoute reports whether a response is the catch-all "no route" 404.
+// isNoRoute reports whether a response is the catch-all's: 404 for an
+// unknown path, 405 for a known path with another method.
 func isNoRoute(st int, body []byte) bool {
 	var e errorBody
 	_ = json.Unmarshal(body, &e)
-	return st == http.StatusNotFound && strings.HasPrefix(e.Message, "no route for ")
+	return (st == http.StatusNotFound && strings.HasPrefix(e.Message, "no route for ")) ||
+		(st == http.StatusMethodNotAllowed && e.Code == "method_not_allowed")
 }
 
 func TestHealthAndUnknownRoutes(t *testing.T) {
@@ -96,13 +99,23 @@ func TestHealthAndUnknownRoutes(t *testing.T) {
 		{"GET", "/api/v2/healthcheck"},
 		{"POST", "/api/v1/agents"},
 		{"GET", "/api/v1/healthcheck/extra"},
-		{"DELETE", "/api/v1/openapi.json"},
-		{"PATCH", "/api/v1/registry"},
 	} {
 		st, hdr, body := ts.call(c.method, c.path, ts.Admin, nil, "", nil)
 		wantError(t, c.method+" "+c.path, st, body, http.StatusNotFound, "not_found")
 		if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 			t.Errorf("%s %s: Content-Type = %q, want JSON", c.method, c.path, ct)
+		}
+	}
+	// A known path with another method is 405 naming the allowed ones.
+	for _, c := range []struct{ method, path, allow string }{
+		{"DELETE", "/api/v1/openapi.json", "GET"},
+		{"PATCH", "/api/v1/registry", "POST"},
+		{"GET", "/api/v1/agents/x/rollback", "POST"},
+	} {
+		st, hdr, body := ts.call(c.method, c.path, ts.Admin, nil, "", nil)
+		wantError(t, c.method+" "+c.path, st, body, http.StatusMethodNotAllowed, "method_not_allowed")
+		if got := hdr.Get("Allow"); got != c.allow {
+			t.Errorf("%s %s: Allow = %q, want %q", c.method, c.path, got, c.allow)
 		}
 	}
 }
@@ -212,7 +225,7 @@ func TestOpenAPIListsExactlyTheRoutes(t *testing.T) {
 					t.Errorf("%s %s (documented) = %d %s: not served", m, path, st, body)
 				}
 				if !documented && !isNoRoute(st, body) {
-					t.Errorf("%s %s (not documented) = %d %s, want the no-route 404", m, path, st, body)
+					t.Errorf("%s %s (not documented) = %d %s, want the no-route 404 or 405", m, path, st, body)
 				}
 			}
 		}

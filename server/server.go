@@ -251,6 +251,9 @@ func bootstrapAdmin(ctx context.Context, st berth.Store, dataDir, key, secret st
 		return err
 	}
 	if n > 0 {
+		if key != "" {
+			log.Warn("BERTH_ADMIN_ACCESS_KEY is ignored: the store already has users")
+		}
 		return nil
 	}
 	if (key == "") != (secret == "") {
