@@ -10,7 +10,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/google/uuid"
 
@@ -340,22 +339,6 @@ func ParseRollbackBody(body []byte) (lifecycle.RollbackRequest, error) {
 	return req, nil
 }
 
-// rollbackData is the rollback page's response shape plus Berth's fields.
-type rollbackData struct {
-	Message      string   `json:"message"`
-	AgentID      string   `json:"agent_id"`
-	RolledBackTo string   `json:"rolled_back_to"`
-	RolledBackFr string   `json:"rolled_back_from"`
-	Status       string   `json:"status"`
-	StatusCode   int      `json:"status_code"`
-	OperationID  string   `json:"operation_id,omitempty"`
-	Cleaned      []string `json:"cleaned_deployments"`
-	DurationMS   int64    `json:"duration_ms"`
-	Warm         bool     `json:"warm"`
-	DryRun       bool     `json:"dry_run,omitempty"`
-	WouldClean   []string `json:"would_clean,omitempty"`
-}
-
 func (s *Server) handleRollback(w http.ResponseWriter, r *http.Request, u berth.User) {
 	q := r.URL.Query()
 	wait, err := boolParam(q.Get("wait"), true, "wait")
@@ -391,17 +374,17 @@ func (s *Server) handleRollback(w http.ResponseWriter, r *http.Request, u berth.
 		s.writeError(w, r, err)
 		return
 	}
-	d := rollbackData{
-		AgentID: res.AgentID, RolledBackTo: res.To, RolledBackFr: res.From, OperationID: res.OperationID,
-		Cleaned: nonNil(res.Cleaned), DurationMS: res.DurationMS, Warm: res.Warm,
+	d := RollbackResult{
+		AgentID: res.AgentID, RolledBackTo: res.To, RolledBackFrom: res.From, OperationID: res.OperationID,
+		CleanedDeployments: nonNil(res.Cleaned), DurationMS: res.DurationMS, Warm: res.Warm,
 	}
 	switch {
 	case res.DryRun:
 		d.Message, d.Status, d.StatusCode, d.DryRun = "Rollback dry run: nothing changed", "dry_run", http.StatusOK, true
-		d.WouldClean, d.Cleaned = nonNil(res.Cleaned), []string{}
+		d.WouldClean, d.CleanedDeployments = nonNil(res.Cleaned), []string{}
 	case res.Pending:
 		d.Message, d.Status, d.StatusCode = "Rollback accepted", "in_progress", http.StatusAccepted
-		d.Cleaned = []string{}
+		d.CleanedDeployments = []string{}
 	default:
 		d.Message, d.Status, d.StatusCode = "Rollback successful", "running", http.StatusOK
 		// Server-Timing carries sub-millisecond figures for clients and
@@ -417,30 +400,6 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
-}
-
-// versionInfo is Nasiko's AgentVersionInfo plus Berth's fields.
-type versionInfo struct {
-	Version       string              `json:"version"`
-	Status        berth.VersionStatus `json:"status"`
-	CreatedAt     time.Time           `json:"created_at"`
-	BuildIDs      []string            `json:"build_ids"`
-	DeploymentIDs []string            `json:"deployment_ids"`
-	GitCommit     *string             `json:"git_commit"`
-	RollbackInfo  *berth.RollbackInfo `json:"rollback_info"`
-	ActivatedAt   *time.Time          `json:"activated_at"`
-	Digest        string              `json:"digest"`
-}
-
-// versionHistory keeps Nasiko's top-level shape.
-type versionHistory struct {
-	AgentID        string        `json:"agent_id"`
-	AgentName      string        `json:"agent_name"`
-	CurrentVersion string        `json:"current_version"`
-	Versions       []versionInfo `json:"versions"`
-	NextCursor     string        `json:"next_cursor,omitempty"`
-	StatusCode     int           `json:"status_code"`
-	Message        string        `json:"message"`
 }
 
 func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request, u berth.User) {
@@ -476,10 +435,10 @@ func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request, u berth.
 			running[d.VersionID] = true
 		}
 	}
-	out := versionHistory{AgentID: a.ID, AgentName: a.Name, CurrentVersion: a.ActiveVersion, Versions: []versionInfo{},
+	out := VersionHistory{AgentID: a.ID, AgentName: a.Name, CurrentVersion: a.ActiveVersion, Versions: []VersionInfo{},
 		NextCursor: next, StatusCode: http.StatusOK, Message: "Version history"}
 	for _, v := range vs {
-		vi := versionInfo{
+		vi := VersionInfo{
 			Version: v.Version, Status: berth.DisplayStatus(v, a.ActiveVersionID, running[v.ID]), CreatedAt: v.CreatedAt,
 			BuildIDs: []string{}, DeploymentIDs: nonNil(deps[v.ID]), RollbackInfo: v.Rollback, ActivatedAt: v.ActivatedAt,
 			Digest: v.Digest,
@@ -492,27 +451,8 @@ func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request, u berth.
 	writeJSON(w, http.StatusOK, out)
 }
 
-// deploymentView is Nasiko's AgentDeploymentBase plus Berth's fields.
-type deploymentView struct {
-	ID           string                 `json:"_id"`
-	AgentID      string                 `json:"agent_id"`
-	BuildID      string                 `json:"build_id"`
-	Version      string                 `json:"version"`
-	Namespace    string                 `json:"namespace"`
-	Replicas     int                    `json:"replicas"`
-	Status       berth.DeploymentStatus `json:"status"`
-	ServiceURL   *string                `json:"service_url"`
-	ErrorMessage string                 `json:"error_message,omitempty"`
-	Restarts     int                    `json:"restarts"`
-	Active       bool                   `json:"active"`
-	StopAt       *time.Time             `json:"stop_at,omitempty"`
-	RemovedAt    *time.Time             `json:"removed_at,omitempty"`
-	CreatedAt    time.Time              `json:"created_at"`
-	UpdatedAt    time.Time              `json:"updated_at"`
-}
-
-func (s *Server) viewDeployment(a berth.Agent, d berth.Deployment) deploymentView {
-	v := deploymentView{
+func (s *Server) viewDeployment(a berth.Agent, d berth.Deployment) DeploymentInfo {
+	v := DeploymentInfo{
 		ID: d.ID, AgentID: d.AgentID, BuildID: d.BuildID, Version: d.Version, Namespace: "local", Replicas: 1, Status: d.Status,
 		ErrorMessage: d.Error, Restarts: d.Restarts, StopAt: d.StopAt, RemovedAt: d.RemovedAt,
 		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
@@ -536,29 +476,15 @@ func (s *Server) handleDeployments(w http.ResponseWriter, r *http.Request, u ber
 		s.writeError(w, r, err)
 		return
 	}
-	out := make([]deploymentView, 0, len(ds))
+	out := make([]DeploymentInfo, 0, len(ds))
 	for _, d := range ds {
 		out = append(out, s.viewDeployment(a, d))
 	}
 	writeData(w, http.StatusOK, "Deployments", out)
 }
 
-// buildView is Nasiko's AgentBuildInDB plus Berth's fields.
-type buildView struct {
-	ID             string            `json:"_id"`
-	AgentID        string            `json:"agent_id"`
-	VersionTag     string            `json:"version_tag"`
-	ImageReference string            `json:"image_reference"`
-	Status         berth.BuildStatus `json:"status"`
-	Logs           string            `json:"logs"`
-	ErrorMessage   string            `json:"error_message,omitempty"`
-	CreatedAt      time.Time         `json:"created_at"`
-	UpdatedAt      time.Time         `json:"updated_at"`
-	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
-}
-
-func viewBuild(b berth.Build, image string) buildView {
-	return buildView{ID: b.ID, AgentID: b.AgentID, VersionTag: b.Version, ImageReference: image, Status: b.Status,
+func viewBuild(b berth.Build, image string) BuildInfo {
+	return BuildInfo{ID: b.ID, AgentID: b.AgentID, VersionTag: b.Version, ImageReference: image, Status: b.Status,
 		Logs: b.Logs, ErrorMessage: b.Error, CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, FinishedAt: b.FinishedAt}
 }
 
@@ -573,32 +499,15 @@ func (s *Server) handleBuilds(w http.ResponseWriter, r *http.Request, u berth.Us
 		s.writeError(w, r, err)
 		return
 	}
-	out := make([]buildView, 0, len(bs))
+	out := make([]BuildInfo, 0, len(bs))
 	for _, b := range bs {
 		out = append(out, viewBuild(b, "local://"+a.Name+"/"+b.Version))
 	}
 	writeData(w, http.StatusOK, "Builds", out)
 }
 
-// operationView is one audit-trail entry.
-type operationView struct {
-	ID          string                `json:"operation_id"`
-	AgentID     string                `json:"agent_id"`
-	Kind        berth.OperationKind   `json:"kind"`
-	Status      berth.OperationStatus `json:"status"`
-	Actor       string                `json:"actor"`
-	Reason      string                `json:"reason"`
-	FromVersion string                `json:"from_version"`
-	ToVersion   string                `json:"to_version"`
-	ErrorCode   berth.Code            `json:"error_code,omitempty"`
-	Error       string                `json:"error,omitempty"`
-	StartedAt   time.Time             `json:"started_at"`
-	FinishedAt  *time.Time            `json:"finished_at"`
-	DurationMS  int64                 `json:"duration_ms"`
-}
-
-func viewOperation(o berth.Operation) operationView {
-	return operationView{ID: o.ID, AgentID: o.AgentID, Kind: o.Kind, Status: o.Status, Actor: o.Actor, Reason: o.Reason,
+func viewOperation(o berth.Operation) OperationInfo {
+	return OperationInfo{ID: o.ID, AgentID: o.AgentID, Kind: o.Kind, Status: o.Status, Actor: o.Actor, Reason: o.Reason,
 		FromVersion: o.FromVersion, ToVersion: o.ToVersion, ErrorCode: o.ErrorCode, Error: o.Error,
 		StartedAt: o.StartedAt, FinishedAt: o.FinishedAt, DurationMS: o.DurationMS}
 }
@@ -623,7 +532,7 @@ func (s *Server) handleOperations(w http.ResponseWriter, r *http.Request, u bert
 		s.writeError(w, r, err)
 		return
 	}
-	out := make([]operationView, 0, len(ops))
+	out := make([]OperationInfo, 0, len(ops))
 	for _, o := range ops {
 		out = append(out, viewOperation(o))
 	}

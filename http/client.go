@@ -175,6 +175,10 @@ type VersionHistory struct {
 	AgentName      string        `json:"agent_name"`
 	CurrentVersion string        `json:"current_version"`
 	Versions       []VersionInfo `json:"versions"`
+	// NextCursor fetches the next page (?cursor=); "" on the last page.
+	NextCursor string `json:"next_cursor,omitempty"`
+	StatusCode int    `json:"status_code"`
+	Message    string `json:"message"`
 }
 
 // VersionInfo is one entry of version history.
@@ -184,6 +188,7 @@ type VersionInfo struct {
 	CreatedAt     time.Time           `json:"created_at"`
 	BuildIDs      []string            `json:"build_ids"`
 	DeploymentIDs []string            `json:"deployment_ids"`
+	GitCommit     *string             `json:"git_commit"`
 	// RollbackInfo says who rolled back from this version, when and why.
 	RollbackInfo *berth.RollbackInfo `json:"rollback_info"`
 	ActivatedAt  *time.Time          `json:"activated_at"`
@@ -196,6 +201,8 @@ type DeploymentInfo struct {
 	AgentID      string                 `json:"agent_id"`
 	BuildID      string                 `json:"build_id"`
 	Version      string                 `json:"version"`
+	Namespace    string                 `json:"namespace"`
+	Replicas     int                    `json:"replicas"`
 	Status       berth.DeploymentStatus `json:"status"`
 	ServiceURL   *string                `json:"service_url"`
 	ErrorMessage string                 `json:"error_message,omitempty"`

@@ -158,16 +158,6 @@ func (s *Server) handleRegistryByID(w http.ResponseWriter, r *http.Request, u be
 	writeData(w, http.StatusOK, "Agent found", s.viewRegistry(a))
 }
 
-type simpleAgent struct {
-	AgentID        string   `json:"agent_id"`
-	Name           string   `json:"name"`
-	IconURL        *string  `json:"icon_url"`
-	Tags           []string `json:"tags"`
-	Description    string   `json:"description"`
-	CurrentVersion string   `json:"current_version"`
-	URL            string   `json:"url"`
-}
-
 func cardStrings(card json.RawMessage) (icon *string, tags []string) {
 	var c struct {
 		IconURL *string  `json:"iconUrl"`
@@ -186,10 +176,10 @@ func (s *Server) handleMyAgents(w http.ResponseWriter, r *http.Request, u berth.
 		s.writeError(w, r, err)
 		return
 	}
-	out := make([]simpleAgent, 0, len(as))
+	out := make([]AgentSummary, 0, len(as))
 	for _, a := range as {
 		icon, tags := cardStrings(a.Card)
-		out = append(out, simpleAgent{AgentID: a.ID, Name: a.Name, IconURL: icon, Tags: tags, Description: a.Description,
+		out = append(out, AgentSummary{AgentID: a.ID, Name: a.Name, IconURL: icon, Tags: tags, Description: a.Description,
 			CurrentVersion: a.ActiveVersion, URL: s.agentURL(a.Name)})
 	}
 	writeData(w, http.StatusOK, "Agents", out)
