@@ -143,32 +143,12 @@ func mustJSON(t testing.TB, b []byte, v any) {
 	}
 }
 
-// do sends one request and returns the status and body.
+// do sends one request and returns the status and body (call, in
+// api_test.go, also returns the headers).
 func (ts *testServer) do(method, path, token string, body io.Reader, contentType string, header http.Header) (int, []byte) {
 	ts.t.Helper()
-	req, err := http.NewRequest(method, ts.URL+path, body)
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		ts.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		ts.t.Fatalf("%s %s: read body: %v", method, path, err)
-	}
-	return resp.StatusCode, b
+	st, _, b := ts.call(method, path, token, body, contentType, header)
+	return st, b
 }
 
 // multipartBody builds a multipart form with a "file" part and fields.
