@@ -55,6 +55,10 @@ type Config struct {
 	IdempotencyTTL time.Duration
 	// JanitorInterval is how often expired grace periods are enforced.
 	JanitorInterval time.Duration
+	// SharedStore says other servers use the same store (PostgreSQL with
+	// several replicas). Start-up then closes only operations whose lease
+	// expired, not every running one: the others may be another replica's.
+	SharedStore bool
 }
 
 // DefaultConfig returns the production defaults.

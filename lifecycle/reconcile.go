@@ -16,7 +16,13 @@ import (
 // half-made versions, builds and deployments are marked failed, and every
 // agent's active version (and its warm standbys) is started and routed.
 func (e *Engine) Reconcile(ctx context.Context) error {
-	interrupted, err := e.store.InterruptOperations(ctx, time.Time{})
+	// A lone server knows every running operation died with it; replicas
+	// sharing the store only know that of operations whose lease expired.
+	var before time.Time
+	if e.cfg.SharedStore {
+		before = e.now()
+	}
+	interrupted, err := e.store.InterruptOperations(ctx, before)
 	if err != nil {
 		return err
 	}

@@ -69,6 +69,9 @@ func startBare(t *testing.T, dataDir string, opts ...serverOption) *testServer {
 		Engine:       lifecycle.DefaultConfig(),
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
+	if url := os.Getenv("BERTH_TEST_DATABASE_URL"); url != "" {
+		cfg.DatabaseURL = freshDatabase(t, url, dataDir)
+	}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -64,6 +64,9 @@ func startServer(t testing.TB, dataDir string, opts ...serverOption) *testServer
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
+	if url := os.Getenv("BERTH_TEST_DATABASE_URL"); url != "" {
+		cfg.DatabaseURL = freshDatabase(t, url, dataDir)
+	}
 	for _, o := range opts {
 		o(&cfg)
 	}

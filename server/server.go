@@ -115,6 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	s.proxy = proxy.New(proxy.Options{Logger: log, ResponseHeaderTimeout: -1})
 	ecfg := cfg.Engine
 	ecfg.DataDir = dataDir
+	ecfg.SharedStore = cfg.DatabaseURL != ""
 	// The engine is created before the runtime reports statuses to it.
 	var engine *lifecycle.Engine
 	rt, router, build, err := openRuntime(ctx, cfg, s.proxy, func(id string, status berth.DeploymentStatus, restarts int, msg string) {
@@ -274,6 +275,15 @@ func bootstrapAdmin(ctx context.Context, st berth.Store, dataDir, key, secret st
 		}
 	}
 	if err := st.CreateUser(ctx, u); err != nil {
+		if berth.ErrorCode(err) == berth.CodeConflict {
+			// Another replica sharing the store bootstrapped first; its
+			// superuser stands, and the credentials written here are void.
+			if !fromEnv {
+				_ = os.Remove(filepath.Join(dataDir, AdminCredentialsFile))
+			}
+			log.Info("superuser already created by another server sharing the store")
+			return nil
+		}
 		return fmt.Errorf("create admin user: %w", err)
 	}
 	if fromEnv {
