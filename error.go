@@ -3,6 +3,7 @@ package berth
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Code classifies an Error. The HTTP layer maps each code to one status.
@@ -73,4 +74,13 @@ func ErrorMessage(err error) string {
 		return e.Message
 	}
 	return "internal error"
+}
+
+// StorageError classifies a failure to write the data directory: a full
+// disk (or quota) is CodeInsufficientStorage, anything else internal.
+func StorageError(err error) *Error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return &Error{Code: CodeInsufficientStorage, Message: "the server's data directory is full", Err: err}
+	}
+	return &Error{Code: CodeInternal, Message: "storage error", Err: err}
 }

@@ -138,32 +138,49 @@ func wrapBody(err error, what string) error {
 }
 
 // spool copies an uploaded file to a temp file of at most MaxUploadBytes.
+// A failure to read the body is the client's; a failure to write the file
+// is the server's (a full disk is 507).
 func (s *Server) spool(src io.Reader) (string, error) {
 	if err := os.MkdirAll(s.cfg.TempDir, 0o755); err != nil {
-		return "", err
+		return "", berth.StorageError(err)
 	}
 	f, err := os.CreateTemp(s.cfg.TempDir, "upload-*.zip")
 	if err != nil {
-		return "", err
+		return "", berth.StorageError(err)
 	}
-	n, err := io.Copy(f, io.LimitReader(src, s.cfg.MaxUploadBytes+1))
-	cerr := f.Close()
-	if err == nil {
-		err = cerr
+	dst := &recordingWriter{w: f}
+	n, err := io.Copy(dst, io.LimitReader(src, s.cfg.MaxUploadBytes+1))
+	if cerr := f.Close(); dst.err == nil && cerr != nil {
+		dst.err = cerr
 	}
-	if err == nil && n > s.cfg.MaxUploadBytes {
+	switch {
+	case dst.err != nil:
+		err = berth.StorageError(dst.err)
+	case err != nil:
+		err = wrapBody(err, "read uploaded file")
+	case n > s.cfg.MaxUploadBytes:
 		err = berth.Errorf(berth.CodeTooLarge, "upload is larger than %d bytes", s.cfg.MaxUploadBytes)
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		var be *berth.Error
-		var mbe *http.MaxBytesError
-		if !errors.As(err, &be) && !errors.As(err, &mbe) {
-			err = wrapBody(err, "read uploaded file")
-		}
 		return "", err
 	}
 	return f.Name(), nil
+}
+
+// recordingWriter remembers its writer's error, so that a copy's failure
+// can be told apart from its reader's.
+type recordingWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (r *recordingWriter) Write(p []byte) (int, error) {
+	n, err := r.w.Write(p)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // uploadItem is Nasiko's AgentUploadItemResponse plus Berth's ids.

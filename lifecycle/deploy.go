@@ -2,11 +2,9 @@ package lifecycle
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -183,7 +181,18 @@ func (e *Engine) deploy(ctx context.Context, actor berth.User, a berth.Agent, ki
 	}
 	if err := e.record(ctx, a, v, b, d, req); err != nil {
 		stop()
-		return res, e.commitFailure(ctx, berth.Commit{}, &op, err)
+		// Nothing half-written stays: the files go, and whatever records
+		// were made say failed (if the version itself was never recorded,
+		// the commit falls back to closing the operation alone).
+		e.removeAll(e.packagePath(a.ID, v.Version), e.versionDir(a.ID, v.Version))
+		now := e.now()
+		b.Status, b.Error, b.UpdatedAt, b.FinishedAt = berth.BuildFailed, berth.ErrorMessage(err), now, &now
+		if uErr := e.store.UpdateBuild(context.WithoutCancel(ctx), b); uErr != nil && !isCode(uErr, berth.CodeNotFound) {
+			e.log.Warn("record build", "build", b.ID, "err", uErr)
+		}
+		d.Status, d.Error, d.UpdatedAt = berth.DeploymentFailed, berth.ErrorMessage(err), now
+		c := berth.Commit{Versions: []berth.VersionChange{{VersionID: v.ID, State: berth.VersionFailed}}, Deployments: []berth.Deployment{d}}
+		return res, e.commitFailure(ctx, c, &op, err)
 	}
 	if req.Async {
 		e.goBG(func(bg context.Context) {
@@ -219,26 +228,26 @@ func (e *Engine) record(ctx context.Context, a berth.Agent, v berth.Version, b b
 	// Keep the package (immutable, for rollback and download) and unpack it.
 	pkgPath := e.packagePath(a.ID, v.Version)
 	if err := os.MkdirAll(filepath.Dir(pkgPath), 0o755); err != nil {
-		return storageErr(err)
+		return berth.StorageError(err)
 	}
 	if err := moveDurably(req.ZipPath, pkgPath); err != nil {
-		return storageErr(err)
+		return berth.StorageError(err)
 	}
 	dir := e.versionDir(a.ID, v.Version)
 	// A directory left by an attempt that crashed before recording its
 	// version cannot belong to a live version (labels are never reused).
 	e.removeAll(dir)
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return storageErr(err)
+		return berth.StorageError(err)
 	}
 	f, err := os.Open(pkgPath)
 	if err != nil {
-		return storageErr(err)
+		return berth.StorageError(err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return storageErr(err)
+		return berth.StorageError(err)
 	}
 	if err := artifact.Unpack(f, st.Size(), dir, e.cfg.Limits); err != nil {
 		return err
@@ -397,12 +406,12 @@ func buildEnv(c berth.Config) []string {
 func inspectFile(path string, lim artifact.Limits) (artifact.Package, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return artifact.Package{}, storageErr(err)
+		return artifact.Package{}, berth.StorageError(err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return artifact.Package{}, storageErr(err)
+		return artifact.Package{}, berth.StorageError(err)
 	}
 	return artifact.Inspect(f, st.Size(), lim)
 }
@@ -448,13 +457,3 @@ func moveDurably(src, dst string) error {
 	}
 	return nil
 }
-
-// storageErr classifies a file-system error; a full disk is reported as such.
-func storageErr(err error) error {
-	if isNoSpace(err) {
-		return &berth.Error{Code: berth.CodeInsufficientStorage, Message: "the data directory is full", Err: err}
-	}
-	return &berth.Error{Code: berth.CodeInternal, Message: "storage error", Err: err}
-}
-
-func isNoSpace(err error) bool { return errors.Is(err, syscall.ENOSPC) }

@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -136,5 +140,74 @@ func BenchmarkUploadToServing(b *testing.B) {
 		if _, err := berthtest.GetWhoami(context.Background(), ts.URL+fmt.Sprintf("/agents/bench-up-%d", i)); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// diskFullDir mounts a small tmpfs for a data directory, or skips where
+// mounting is not allowed (not root, no CAP_SYS_ADMIN).
+func diskFullDir(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a small tmpfs to fill up (%v: %s); run as root to test a full disk", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// A full disk during upload answers 507, and nothing half-written stays.
+func TestDiskFullDuringUpload(t *testing.T) {
+	if os.Getenv("BERTH_TEST_DATABASE_URL") != "" {
+		t.Skip("the disk-full case is about the embedded default's data dir")
+	}
+	t.Parallel()
+	// Room for the store and one copy of the package, not for unpacking it.
+	dir := diskFullDir(t, "9m")
+	ts := startServer(t, dir)
+	zip := echo(t, "full", "1.0.0", nil) // about 6 MB: the echo binary
+	st, b := ts.uploadRaw(ts.Admin, zip, nil, "?wait=true")
+	var e errorBody
+	mustJSON(t, b, &e)
+	if st != http.StatusInsufficientStorage || e.Code != "insufficient_storage" {
+		t.Fatalf("upload onto a full disk = %d %s, want 507 insufficient_storage", st, b)
+	}
+	// Nothing half-written: no package, no unpacked version, no spooled
+	// upload; the version, if recorded, is failed, and nothing serves.
+	for _, sub := range []string{"packages", "versions", "tmp"} {
+		var files []string
+		filepath.WalkDir(filepath.Join(dir, sub), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				files = append(files, p)
+			}
+			return nil
+		})
+		if len(files) > 0 {
+			t.Errorf("after the failed upload %s holds %v", sub, files)
+		}
+	}
+	h := ts.history(ts.Admin, "full")
+	if h.CurrentVersion != "" {
+		t.Errorf("current version = %q after a failed upload", h.CurrentVersion)
+	}
+	for _, v := range h.Versions {
+		if v.Status != "failed" {
+			t.Errorf("version %s is %s after a failed upload, want failed", v.Version, v.Status)
+		}
+	}
+	for _, op := range ts.operations(ts.Admin, "full") {
+		if op.Status == "running" {
+			t.Errorf("operation %s still running", op.ID)
+		}
+	}
+	// A bigger upload than the space left fails while spooling: 507 too.
+	big := echo(t, "huge", "1.0.0", map[string]string{"PAD": strings.Repeat("x", 1)})
+	big = append(big, make([]byte, 12<<20)...) // trailing bytes: still spooled first
+	st, b = ts.uploadRaw(ts.Admin, big, nil, "?wait=true")
+	mustJSON(t, b, &e)
+	if st != http.StatusInsufficientStorage {
+		t.Errorf("upload larger than the free space = %d %s, want 507", st, b)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(entries) > 0 {
+		t.Errorf("spooled upload left in tmp: %v", entries)
 	}
 }
