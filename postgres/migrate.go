@@ -4,18 +4,12 @@ import (
 	"context"
 	"embed"
 	"errors"
-	"fmt"
-	"io/fs"
 	"log/slog"
-	"path"
 	"slices"
-	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/sqlstore"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 //go:embed migrations/*.sql
@@ -27,43 +21,9 @@ var migrationFS embed.FS
 // different schemas of one database also take turns, which costs nothing.
 const migrationLockKey int64 = 0x6265727468_000001
 
-// migration is one numbered schema change, migrations/NNNN_name.sql.
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
-
-// loadMigrations reads the embedded migrations in version order. Versions
-// must be unique and positive.
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFS, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	seen := map[int]string{}
-	for _, e := range entries {
-		if e.IsDir() || path.Ext(e.Name()) != ".sql" {
-			continue
-		}
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || v <= 0 {
-			return nil, fmt.Errorf("migration %q: name must be NNNN_name.sql", e.Name())
-		}
-		if other, dup := seen[v]; dup {
-			return nil, fmt.Errorf("migrations %q and %q have the same version", other, e.Name())
-		}
-		seen[v] = e.Name()
-		b, err := migrationFS.ReadFile("migrations/" + e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: e.Name(), sql: string(b)})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
-	return ms, nil
+// loadMigrations reads the embedded migrations in version order.
+func loadMigrations() ([]sqlstore.Migration, error) {
+	return sqlstore.LoadMigrations(migrationFS, "migrations")
 }
 
 // migrate applies every embedded migration not yet recorded in
@@ -78,26 +38,20 @@ func loadMigrations() ([]migration, error) {
 //
 // It refuses a database migrated by a newer Berth, whose schema this code
 // may misread.
-func migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
+func migrate(ctx context.Context, conn *pgx.Conn) (err error) {
 	ms, err := loadMigrations()
 	if err != nil {
 		return &berth.Error{Code: berth.CodeInternal, Message: "postgres: bad embedded migrations", Err: err}
 	}
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return dbErr(err, "postgres: connect for migrations")
-	}
-	defer conn.Release()
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, migrationLockKey); err != nil {
 		return dbErr(err, "postgres: take the migration lock")
 	}
 	defer func() {
 		// Unlock even if ctx ended. If that fails the session may still
-		// hold the lock, so the connection is closed (which releases it)
-		// instead of going back to the pool.
+		// hold the lock, which the caller's closing the connection
+		// releases.
 		uctx := context.WithoutCancel(ctx)
 		if _, uerr := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, migrationLockKey); uerr != nil {
-			_ = conn.Conn().Close(uctx)
 			err = errors.Join(err, dbErr(uerr, "postgres: release the migration lock"))
 		}
 	}()
@@ -118,15 +72,15 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
 	if err != nil {
 		return dbErr(err, "postgres: read schema version")
 	}
-	if n, latest := len(ms), slices.Max(append(applied, 0)); n > 0 && latest > ms[n-1].version {
+	if n, latest := len(ms), slices.Max(append(applied, 0)); n > 0 && latest > ms[n-1].Version {
 		return berth.Errorf(berth.CodeUnavailable,
-			"postgres: database schema version %d is newer than this build of Berth supports (%d)", latest, ms[n-1].version)
+			"postgres: database schema version %d is newer than this build of Berth supports (%d)", latest, ms[n-1].Version)
 	}
 	for _, m := range ms {
-		if slices.Contains(applied, m.version) {
+		if slices.Contains(applied, m.Version) {
 			continue
 		}
-		if err := applyMigration(ctx, conn.Conn(), m); err != nil {
+		if err := applyMigration(ctx, conn, m); err != nil {
 			return err
 		}
 	}
@@ -135,23 +89,23 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
 
 // applyMigration applies m and records it in one transaction. The caller
 // holds the migration lock, so nobody else applies m meanwhile.
-func applyMigration(ctx context.Context, conn *pgx.Conn, m migration) error {
-	action := "postgres: apply migration " + m.name
+func applyMigration(ctx context.Context, conn *pgx.Conn, m sqlstore.Migration) error {
+	action := "postgres: apply migration " + m.Name
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return dbErr(err, action)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) // after Commit this is a harmless no-op
 	// The simple protocol runs a file of several statements in one go.
-	if _, err := tx.Exec(ctx, m.sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+	if _, err := tx.Exec(ctx, m.SQL, pgx.QueryExecModeSimpleProtocol); err != nil {
 		return dbErr(err, action)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.version, m.name); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
 		return dbErr(err, action)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return dbErr(err, action)
 	}
-	slog.Debug("postgres: applied migration", "version", m.version, "name", m.name)
+	slog.Debug("postgres: applied migration", "version", m.Version, "name", m.Name)
 	return nil
 }

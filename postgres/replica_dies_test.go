@@ -191,7 +191,7 @@ func opIDs(ops []berth.Operation) []string {
 func searchPath(t *testing.T, s *Store) string {
 	t.Helper()
 	var schema string
-	if err := s.pool.QueryRow(t.Context(), `SELECT current_schema()`).Scan(&schema); err != nil {
+	if err := s.db.QueryRowContext(t.Context(), `SELECT current_schema()`).Scan(&schema); err != nil {
 		t.Fatalf("current_schema() = %v", err)
 	}
 	return schema
@@ -223,11 +223,12 @@ func TestReplicaChild(t *testing.T) {
 	}
 	// Die in the middle of a commit: the transaction holds the agent's row
 	// lock when the process goes.
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lockAgent(ctx, tx, agentID); err != nil {
+	var one int
+	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM agents WHERE id = $1 FOR NO KEY UPDATE`, agentID).Scan(&one); err != nil {
 		t.Fatal(err)
 	}
 	fmt.Printf("holding %s until %d\n", op.ID, leaseUntil.UnixNano())

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/sqlstore"
 	"github.com/berthhq/berth/storetest"
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -62,6 +62,7 @@ func TestErrorCodes(t *testing.T) {
 	}{
 		{&pgconn.PgError{Code: "23505", Message: "duplicate key value violates unique constraint"}, berth.CodeConflict},
 		{&pgconn.PgError{Code: "23503", Message: "violates foreign key constraint"}, berth.CodeNotFound},
+		{&pgconn.ConnectError{}, berth.CodeUnavailable},
 		{&pgconn.PgError{Code: "22021", Message: "invalid byte sequence for encoding"}, berth.CodeInvalid},
 		{&pgconn.PgError{Code: "22P02", Message: "invalid input syntax for type json"}, berth.CodeInvalid},
 		{&pgconn.PgError{Code: "53100", Message: "could not extend file"}, berth.CodeInsufficientStorage},
@@ -187,7 +188,7 @@ func TestMigrations(t *testing.T) {
 	if err != nil || len(ms) == 0 {
 		t.Fatalf("loadMigrations() = %d migrations, %v; want some", len(ms), err)
 	}
-	latest := ms[len(ms)-1].version
+	latest := ms[len(ms)-1].Version
 
 	// Several replicas opening a new database at once apply each
 	// migration once, and all of them start.
@@ -206,7 +207,7 @@ func TestMigrations(t *testing.T) {
 
 	s := openURL(t, u)
 	var n, maxV int
-	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*), MAX(version) FROM schema_migrations`).Scan(&n, &maxV); err != nil {
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), MAX(version) FROM schema_migrations`).Scan(&n, &maxV); err != nil {
 		t.Fatalf("reading schema_migrations = %v", err)
 	}
 	if n != len(ms) || maxV != latest {
@@ -214,7 +215,7 @@ func TestMigrations(t *testing.T) {
 	}
 
 	// A database from a newer Berth is refused rather than misread.
-	if _, err := s.pool.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, 'future.sql')`,
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, 'future.sql')`,
 		latest+1); err != nil {
 		t.Fatalf("inserting a future migration = %v", err)
 	}
@@ -226,10 +227,10 @@ func TestMigrations(t *testing.T) {
 	}
 	// The refused Open released the migration lock.
 	var locked bool
-	if err := s.pool.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, migrationLockKey).Scan(&locked); err != nil || !locked {
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, migrationLockKey).Scan(&locked); err != nil || !locked {
 		t.Errorf("pg_try_advisory_lock(migrations) after a refused Open = %v, %v; want the lock free", locked, err)
 	}
-	if _, err := s.pool.Exec(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
+	if _, err := s.db.ExecContext(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -241,52 +242,17 @@ func TestMigrations(t *testing.T) {
 func TestQueryPlans(t *testing.T) {
 	ctx := t.Context()
 	s, _ := openFresh(t)
-	at := time.Now()
-	tests := []struct {
-		name  string
-		query string
-		args  []any
-		index string // the index the plan must name
-		sorts bool   // the plan may sort
-	}{
-		{"ListVersions first page", `SELECT ` + versionCols + ` FROM versions WHERE agent_id = $1` + semverOrder + ` LIMIT $2`,
-			[]any{"a", 51}, "versions_semver", false},
-		{"ListVersions next page", `SELECT ` + versionCols + ` FROM versions
-			WHERE agent_id = $1 AND (major, minor, patch) < ($2, $3, $4)` + semverOrder + ` LIMIT $5`,
-			[]any{"a", int64(1), int64(2), int64(3), 51}, "versions_semver", false},
-		{"HighestVersion", `SELECT ` + versionCols + ` FROM versions WHERE agent_id = $1` + semverOrder + ` LIMIT 1`,
-			[]any{"a"}, "versions_semver", false},
-		{"RecentlyActive", `SELECT ` + versionCols + ` FROM versions
-			WHERE agent_id = $1 AND state = $2 AND activated_at IS NOT NULL ORDER BY activated_at DESC LIMIT $3`,
-			[]any{"a", "ready", 5}, "versions_recently_active", false},
-		{"idempotency lookup", `SELECT ` + opCols + ` FROM operations
-			WHERE agent_id = $1 AND idempotency_key = $2 AND started_at > $3 ORDER BY started_at DESC LIMIT 1`,
-			[]any{"a", "k", at}, "operations_idempotency", false},
-		{"ListOperations", `SELECT ` + opCols + ` FROM operations
-			WHERE agent_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2`, []any{"a", 50}, "operations_agent_started", false},
-		{"ListBuilds", `SELECT ` + buildCols + ` FROM builds
-			WHERE agent_id = $1 ORDER BY created_at DESC, id DESC`, []any{"a"}, "builds_agent_created", false},
-		{"ListAgents(owner)", agentSelect + ` WHERE a.owner_id = $1 ORDER BY a.name`, []any{"u"}, "agents_owner_name", false},
-		{"LiveDeployments", `SELECT ` + deploymentCols + ` FROM deployments
-			WHERE status IN ('starting', 'running') ORDER BY created_at, id`, nil, "deployments_live", false},
-		{"running operations", interruptSet + `WHERE o.status = 'running'` + interruptReturning,
-			[]any{at}, "operations_running", false},
-		{"expired guards", `SELECT id, lock_op_id FROM agents WHERE lock_op_id IS NOT NULL AND lock_until < ` +
-			leaseExpr(1) + ` ORDER BY id FOR NO KEY UPDATE`, []any{0.0}, "agents_locked", true}, // sorted to lock in ID order
-		{"forget idempotency keys", `UPDATE operations SET idempotency_key = NULL
-			WHERE idempotency_key IS NOT NULL AND started_at < $1`, []any{at}, "operations_idempotency_started", false},
-	}
-	for _, tc := range tests {
-		plan, err := explain(ctx, s, tc.query, tc.args...)
+	for _, tc := range sqlstore.PlannedQueries(dialect{}) {
+		plan, err := explain(ctx, s, tc.Query, tc.Args...)
 		if err != nil {
-			t.Fatalf("%s: EXPLAIN = %v", tc.name, err)
+			t.Fatalf("%s: EXPLAIN = %v", tc.Name, err)
 		}
-		t.Logf("%s:\n%s", tc.name, plan)
-		if !strings.Contains(plan, " using "+tc.index+" on ") {
-			t.Errorf("%s: plan\n%s\nwant it to use index %s", tc.name, plan, tc.index)
+		t.Logf("%s:\n%s", tc.Name, plan)
+		if !strings.Contains(plan, " using "+tc.Index+" on ") {
+			t.Errorf("%s: plan\n%s\nwant it to use index %s", tc.Name, plan, tc.Index)
 		}
-		if strings.Contains(plan, "Sort") && !tc.sorts {
-			t.Errorf("%s: plan\n%s\nsorts, want index order", tc.name, plan)
+		if strings.Contains(plan, "Sort") && !tc.Sorts {
+			t.Errorf("%s: plan\n%s\nsorts, want index order", tc.Name, plan)
 		}
 	}
 }
@@ -296,27 +262,27 @@ func TestQueryPlans(t *testing.T) {
 // bitmap scans (which lose index order) discouraged. The arguments only
 // give the parameters their types.
 func explain(ctx context.Context, s *Store, query string, args ...any) (string, error) {
-	conn, err := s.pool.Acquire(ctx)
+	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return "", err
 	}
-	defer conn.Release()
-	tx, err := conn.Begin(ctx)
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return "", err
 	}
-	defer tx.Rollback(ctx)
+	defer tx.Rollback()
 	for _, set := range []string{`SET LOCAL enable_seqscan = off`, `SET LOCAL enable_bitmapscan = off`,
 		`SET LOCAL plan_cache_mode = force_generic_plan`} {
-		if _, err := tx.Exec(ctx, set); err != nil {
+		if _, err := tx.ExecContext(ctx, set); err != nil {
 			return "", err
 		}
 	}
 	// A prepared statement outlives the transaction: deallocate it.
-	if _, err := tx.Exec(ctx, `PREPARE plan_probe AS `+query); err != nil {
+	if _, err := tx.ExecContext(ctx, `PREPARE plan_probe AS `+query); err != nil {
 		return "", err
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), `DEALLOCATE plan_probe`)
+	defer conn.ExecContext(context.WithoutCancel(ctx), `DEALLOCATE plan_probe`)
 	lits := make([]string, len(args))
 	for i, a := range args {
 		switch v := a.(type) {
@@ -332,10 +298,18 @@ func explain(ctx context.Context, s *Store, query string, args ...any) (string, 
 	if len(lits) > 0 {
 		exec += `(` + strings.Join(lits, ", ") + `)`
 	}
-	rows, err := tx.Query(ctx, exec)
+	rows, err := tx.QueryContext(ctx, exec)
 	if err != nil {
 		return "", err
 	}
-	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	return strings.Join(lines, "\n"), err
+	defer rows.Close()
+	var lines []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return "", err
+		}
+		lines = append(lines, line)
+	}
+	return strings.Join(lines, "\n"), rows.Err()
 }

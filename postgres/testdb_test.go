@@ -6,7 +6,9 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/berthhq/berth/sqlstore"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
@@ -86,3 +88,6 @@ func openURL(t testing.TB, u string) *Store {
 	t.Cleanup(func() { s.Close() })
 	return s
 }
+
+// now is the store's clock, at the precision it keeps.
+func now() time.Time { return sqlstore.Now() }

@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"database/sql"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -91,29 +90,22 @@ func BenchmarkRecentlyActive(b *testing.B) {
 		b.Run(fmt.Sprintf("versions=%d", n), func(b *testing.B) {
 			ctx := b.Context()
 			s, a := benchAgent(b)
-			// Insert in one transaction: the benchmark is about reading.
 			base := time.Now().Add(-time.Duration(n) * time.Minute)
-			err := s.inTx(ctx, "seed versions", func(tx *sql.Tx) error {
-				for i := range n {
-					v := berth.Version{ID: uuid.NewString(), AgentID: a.ID, Version: fmt.Sprintf("%d.%d.0", i/100, i%100),
-						State: berth.VersionReady, CreatedAt: base}
-					switch i % 4 {
-					case 0: // never active
-					case 1:
-						v.State = berth.VersionRolledBack
-						fallthrough
-					default:
-						at := base.Add(time.Duration(i) * time.Minute)
-						v.ActivatedAt = &at
-					}
-					if err := insertVersion(ctx, tx, v); err != nil {
-						return err
-					}
+			for i := range n {
+				v := berth.Version{ID: uuid.NewString(), AgentID: a.ID, Version: fmt.Sprintf("%d.%d.0", i/100, i%100),
+					State: berth.VersionReady, CreatedAt: base}
+				switch i % 4 {
+				case 0: // never active
+				case 1:
+					v.State = berth.VersionRolledBack
+					fallthrough
+				default:
+					at := base.Add(time.Duration(i) * time.Minute)
+					v.ActivatedAt = &at
 				}
-				return nil
-			})
-			if err != nil {
-				b.Fatal(err)
+				if err := s.CreateVersion(ctx, v); err != nil {
+					b.Fatal(err)
+				}
 			}
 			b.ReportAllocs()
 			for b.Loop() {

@@ -4,58 +4,19 @@ import (
 	"context"
 	"database/sql"
 	"embed"
-	"fmt"
-	"io/fs"
 	"log/slog"
-	"path"
-	"sort"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/sqlstore"
 )
 
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
-// migration is one numbered schema change, migrations/NNNN_name.sql.
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
-
-// loadMigrations reads the embedded migrations in version order. Versions
-// must be unique and positive.
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFS, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	seen := map[int]string{}
-	for _, e := range entries {
-		if e.IsDir() || path.Ext(e.Name()) != ".sql" {
-			continue
-		}
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || v <= 0 {
-			return nil, fmt.Errorf("migration %q: name must be NNNN_name.sql", e.Name())
-		}
-		if other, dup := seen[v]; dup {
-			return nil, fmt.Errorf("migrations %q and %q have the same version", other, e.Name())
-		}
-		seen[v] = e.Name()
-		b, err := migrationFS.ReadFile("migrations/" + e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: e.Name(), sql: string(b)})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
-	return ms, nil
+// loadMigrations reads the embedded migrations in version order.
+func loadMigrations() ([]sqlstore.Migration, error) {
+	return sqlstore.LoadMigrations(migrationFS, "migrations")
 }
 
 // migrate applies every embedded migration not yet recorded in
@@ -79,9 +40,9 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&latest); err != nil {
 		return dbErr(err, "read schema version")
 	}
-	if n := len(ms); n > 0 && latest > ms[n-1].version {
+	if n := len(ms); n > 0 && latest > ms[n-1].Version {
 		return berth.Errorf(berth.CodeUnavailable,
-			"sqlite: database schema version %d is newer than this build of Berth supports (%d)", latest, ms[n-1].version)
+			"sqlite: database schema version %d is newer than this build of Berth supports (%d)", latest, ms[n-1].Version)
 	}
 	for _, m := range ms {
 		if err := applyMigration(ctx, db, m); err != nil {
@@ -94,30 +55,30 @@ func migrate(ctx context.Context, db *sql.DB) error {
 // applyMigration applies m unless it is already recorded. The check runs
 // inside the (IMMEDIATE) transaction, so two processes opening the same
 // file at once cannot both apply it.
-func applyMigration(ctx context.Context, db *sql.DB, m migration) error {
-	action := "apply migration " + m.name
+func applyMigration(ctx context.Context, db *sql.DB, m sqlstore.Migration) error {
+	action := "apply migration " + m.Name
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return dbErr(err, action)
 	}
 	defer tx.Rollback() // after Commit this is a harmless no-op
 	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, m.version).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, m.Version).Scan(&n); err != nil {
 		return dbErr(err, action)
 	}
 	if n > 0 {
 		return nil
 	}
-	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+	if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
 		return dbErr(err, action)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`,
-		m.version, m.name, encTime(time.Now())); err != nil {
+		m.Version, m.Name, encTime(time.Now())); err != nil {
 		return dbErr(err, action)
 	}
 	if err := tx.Commit(); err != nil {
 		return dbErr(err, action)
 	}
-	slog.Debug("sqlite: applied migration", "version", m.version, "name", m.name)
+	slog.Debug("sqlite: applied migration", "version", m.Version, "name", m.Name)
 	return nil
 }

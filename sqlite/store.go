@@ -9,16 +9,15 @@
 // lock upgrades or spinning on SQLITE_BUSY; reads use a separate read-only
 // pool and never wait for writers.
 //
-// The SQL is written to be portable to PostgreSQL ($n placeholders, row-value
-// comparisons, partial indexes, no INSERT OR REPLACE); what is SQLite-only
-// lives in store.go (PRAGMAs, the DSN, driver error codes) and codec.go (the
-// TEXT encoding of times).
+// The store's SQL and logic are package sqlstore's, shared with the
+// PostgreSQL store; what is SQLite's own lives here: the DSN and its
+// PRAGMAs, the migrations, driver error codes and the TEXT encoding of times
+// (dialect.go).
 package sqlite
 
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -27,8 +26,8 @@ import (
 	"time"
 
 	"github.com/berthhq/berth"
-	"modernc.org/sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
+	"github.com/berthhq/berth/sqlstore"
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 )
 
 // busyTimeout is how long a connection waits for a lock held by another
@@ -39,6 +38,7 @@ const busyTimeout = 10 * time.Second
 // Store is a berth.Store backed by one SQLite database file. It is safe for
 // concurrent use.
 type Store struct {
+	*sqlstore.Store
 	write *sql.DB // exactly one connection; every write goes through it
 	read  *sql.DB // read-only connections for lookups and lists
 	path  string
@@ -93,7 +93,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		write.Close()
 		return nil, dbErr(err, "open database")
 	}
-	return &Store{write: write, read: read, path: abs}, nil
+	return &Store{Store: sqlstore.New(dialect{}, write, read), write: write, read: read, path: abs}, nil
 }
 
 // dsn returns the modernc.org/sqlite data source name for the database file
@@ -118,11 +118,6 @@ func dsn(abs string, readOnly bool) string {
 		q.Set("_txlock", "immediate")
 	}
 	return "file:" + (&url.URL{Path: abs}).EscapedPath() + "?" + q.Encode()
-}
-
-// Close closes both connection pools.
-func (s *Store) Close() error {
-	return errors.Join(s.read.Close(), s.write.Close())
 }
 
 // Path returns the absolute path of the database file.
@@ -156,109 +151,7 @@ func (s *Store) IntegrityCheck(ctx context.Context) error {
 	return nil
 }
 
-// inTx runs fn in one write transaction (BEGIN IMMEDIATE) and commits it, or
-// rolls it back if fn or the commit fails.
-func (s *Store) inTx(ctx context.Context, action string, fn func(tx *sql.Tx) error) error {
-	tx, err := s.write.BeginTx(ctx, nil)
-	if err != nil {
-		return dbErr(err, action)
-	}
-	if err := fn(tx); err != nil {
-		// The rollback error adds nothing: fn's error says what failed and
-		// a failed rollback leaves the transaction to be discarded anyway.
-		_ = tx.Rollback()
-		return dbErr(err, action)
-	}
-	if err := tx.Commit(); err != nil {
-		return dbErr(err, action)
-	}
-	return nil
-}
-
-// execOne runs a write statement that must change exactly one row and
-// returns a CodeNotFound error naming what when it changes none.
-func execOne(ctx context.Context, q execer, action, what, query string, args ...any) error {
-	res, err := q.ExecContext(ctx, query, args...)
-	if err != nil {
-		return dbErr(err, action)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return dbErr(err, action)
-	}
-	if n == 0 {
-		return berth.Errorf(berth.CodeNotFound, "%s not found", what)
-	}
-	return nil
-}
-
-// execer is what *sql.DB and *sql.Tx share for writes.
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-// dbErr turns an error from database/sql or the driver into a *berth.Error:
-// unique and primary-key clashes become CodeConflict, foreign-key violations
-// CodeNotFound (the referenced record does not exist), lock timeouts
-// CodeUnavailable and everything else CodeInternal. An error that already
-// is a *berth.Error is returned as is.
-func dbErr(err error, action string) error {
-	if err == nil {
-		return nil
-	}
-	var be *berth.Error
-	if errors.As(err, &be) {
-		return err
-	}
-	var se *sqlite.Error
-	if errors.As(err, &se) {
-		code := se.Code()
-		switch {
-		case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
-			return &berth.Error{Code: berth.CodeConflict, Message: action + ": it already exists", Err: err}
-		case code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
-			return &berth.Error{Code: berth.CodeNotFound, Message: action + ": a record it refers to does not exist", Err: err}
-		case code&0xff == sqlite3.SQLITE_BUSY || code&0xff == sqlite3.SQLITE_LOCKED:
-			return &berth.Error{Code: berth.CodeUnavailable, Message: action + ": the database is busy", Err: err}
-		}
-	}
-	return &berth.Error{Code: berth.CodeInternal, Message: action + " failed", Err: err}
-}
-
-// conflict re-labels a CodeConflict error with a more specific message.
-func conflict(err error, format string, args ...any) error {
-	var be *berth.Error
-	if errors.As(err, &be) && be.Code == berth.CodeConflict {
-		return &berth.Error{Code: berth.CodeConflict, Message: fmt.Sprintf(format, args...), Err: be.Err}
-	}
-	return err
-}
-
-// missingRef re-labels a foreign-key CodeNotFound error with a more specific
-// message.
-func missingRef(err error, format string, args ...any) error {
-	var be *berth.Error
-	if errors.As(err, &be) && be.Code == berth.CodeNotFound && be.Err != nil {
-		return &berth.Error{Code: berth.CodeNotFound, Message: fmt.Sprintf(format, args...), Err: be.Err}
-	}
-	return err
-}
-
-// notFound maps sql.ErrNoRows to CodeNotFound naming what, and any other
-// error through dbErr.
-func notFound(err error, action, format string, args ...any) error {
-	if errors.Is(err, sql.ErrNoRows) {
-		return berth.Errorf(berth.CodeNotFound, format, args...)
-	}
-	return dbErr(err, action)
-}
-
-// defaultLimit is the page size used when a caller passes limit <= 0.
-const defaultLimit = 50
-
-func pageSize(limit int) int {
-	if limit <= 0 {
-		return defaultLimit
-	}
-	return limit
-}
+// dbErr turns an error from database/sql or the driver into a *berth.Error
+// (see dialect.ClassifyError). An error that already is a *berth.Error is
+// returned as is.
+func dbErr(err error, action string) error { return sqlstore.Error(dialect{}, err, action) }

@@ -1,10 +1,10 @@
-package postgres
+package sqlstore
 
 import (
 	"context"
+	"database/sql"
 
 	"github.com/berthhq/berth"
-	"github.com/jackc/pgx/v5"
 )
 
 // agentSelect reads agents with the label of their active version.
@@ -12,10 +12,15 @@ const agentSelect = `SELECT a.id, a.name, a.owner_id, a.description, a.card, a.a
 	a.created_at, a.updated_at
 FROM agents a LEFT JOIN versions v ON v.id = a.active_version_id`
 
-func scanAgent(row pgx.Row) (berth.Agent, error) {
+// listAgentsOfSQL lists an owner's agents by name; agents_owner_name
+// serves it.
+const listAgentsOfSQL = agentSelect + ` WHERE a.owner_id = $1 ORDER BY a.name`
+
+func (s *Store) scanAgent(sc scanner) (berth.Agent, error) {
 	var a berth.Agent
-	err := row.Scan(&a.ID, &a.Name, &a.OwnerID, &a.Description, rawCol{&a.Card},
-		nullStringCol{&a.ActiveVersionID}, nullStringCol{&a.ActiveVersion}, &a.CreatedAt, &a.UpdatedAt)
+	err := sc.Scan(&a.ID, &a.Name, &a.OwnerID, &a.Description, rawCol{&a.Card},
+		nullStringCol{&a.ActiveVersionID}, nullStringCol{&a.ActiveVersion},
+		timeCol{s.d, &a.CreatedAt}, timeCol{s.d, &a.UpdatedAt})
 	return a, err
 }
 
@@ -23,29 +28,29 @@ func scanAgent(row pgx.Row) (berth.Agent, error) {
 // without an active version, which only Commit sets. A clash on ID or Name
 // is CodeConflict; an OwnerID naming no user is CodeNotFound.
 func (s *Store) CreateAgent(ctx context.Context, a berth.Agent) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO agents
+	_, err := s.write.ExecContext(ctx, `INSERT INTO agents
 		(id, name, owner_id, description, card, active_version_id, lock_op_id, lock_until, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL, $6, $7)`,
-		a.ID, a.Name, a.OwnerID, a.Description, rawArg(a.Card), ts(a.CreatedAt), ts(a.UpdatedAt))
-	err = dbErr(err, "create agent")
+		a.ID, a.Name, a.OwnerID, a.Description, rawArg(a.Card), s.d.Time(a.CreatedAt), s.d.Time(a.UpdatedAt))
+	err = s.dbErr(err, "create agent")
 	err = conflict(err, "an agent named %q (or with id %s) already exists", a.Name, a.ID)
 	return missingRef(err, "owner %s not found", a.OwnerID)
 }
 
 // AgentByID returns the agent with the given ID.
 func (s *Store) AgentByID(ctx context.Context, id string) (berth.Agent, error) {
-	a, err := scanAgent(s.pool.QueryRow(ctx, agentSelect+` WHERE a.id = $1`, id))
+	a, err := s.scanAgent(s.read.QueryRowContext(ctx, agentSelect+` WHERE a.id = $1`, id))
 	if err != nil {
-		return berth.Agent{}, notFound(err, "read agent", "agent %s not found", id)
+		return berth.Agent{}, s.notFound(err, "read agent", "agent %s not found", id)
 	}
 	return a, nil
 }
 
 // AgentByName returns the agent with the given name.
 func (s *Store) AgentByName(ctx context.Context, name string) (berth.Agent, error) {
-	a, err := scanAgent(s.pool.QueryRow(ctx, agentSelect+` WHERE a.name = $1`, name))
+	a, err := s.scanAgent(s.read.QueryRowContext(ctx, agentSelect+` WHERE a.name = $1`, name))
 	if err != nil {
-		return berth.Agent{}, notFound(err, "read agent", "agent %q not found", name)
+		return berth.Agent{}, s.notFound(err, "read agent", "agent %q not found", name)
 	}
 	return a, nil
 }
@@ -54,21 +59,22 @@ func (s *Store) AgentByName(ctx context.Context, name string) (berth.Agent, erro
 // when ownerID is "".
 func (s *Store) ListAgents(ctx context.Context, ownerID string) ([]berth.Agent, error) {
 	var (
-		rows pgx.Rows
+		rows *sql.Rows
 		err  error
 	)
 	// Two statements rather than "$1 = '' OR owner_id = $1": a cached plan
-	// for the combined form could not use agents_owner_name. The name
-	// column's collation is "C", so names sort by their bytes as in SQLite.
+	// for the combined form could not use agents_owner_name. PostgreSQL's
+	// name column has collation "C", so names sort by their bytes in both
+	// databases.
 	if ownerID == "" {
-		rows, err = s.pool.Query(ctx, agentSelect+` ORDER BY a.name`)
+		rows, err = s.read.QueryContext(ctx, agentSelect+` ORDER BY a.name`)
 	} else {
-		rows, err = s.pool.Query(ctx, agentSelect+` WHERE a.owner_id = $1 ORDER BY a.name`, ownerID)
+		rows, err = s.read.QueryContext(ctx, listAgentsOfSQL, ownerID)
 	}
 	if err != nil {
-		return nil, dbErr(err, "list agents")
+		return nil, s.dbErr(err, "list agents")
 	}
-	return collect(rows, "list agents", scanAgent)
+	return collect(s, rows, "list agents", s.scanAgent)
 }
 
 // UpdateAgentMeta writes a's Description and Card, and its UpdatedAt when
@@ -76,9 +82,9 @@ func (s *Store) ListAgents(ctx context.Context, ownerID string) ([]berth.Agent, 
 func (s *Store) UpdateAgentMeta(ctx context.Context, a berth.Agent) error {
 	var updated any
 	if !a.UpdatedAt.IsZero() {
-		updated = ts(a.UpdatedAt)
+		updated = s.d.Time(a.UpdatedAt)
 	}
-	return execOne(ctx, s.pool, "update agent", "agent "+a.ID,
+	return s.execOne(ctx, s.write, "update agent", "agent "+a.ID,
 		`UPDATE agents SET description = $1, card = $2, updated_at = COALESCE($3, updated_at) WHERE id = $4`,
 		a.Description, rawArg(a.Card), updated, a.ID)
 }
@@ -86,5 +92,5 @@ func (s *Store) UpdateAgentMeta(ctx context.Context, a berth.Agent) error {
 // DeleteAgent deletes the agent; its versions, builds, deployments and
 // operations go with it (ON DELETE CASCADE).
 func (s *Store) DeleteAgent(ctx context.Context, id string) error {
-	return execOne(ctx, s.pool, "delete agent", "agent "+id, `DELETE FROM agents WHERE id = $1`, id)
+	return s.execOne(ctx, s.write, "delete agent", "agent "+id, `DELETE FROM agents WHERE id = $1`, id)
 }

@@ -1,34 +1,27 @@
-package postgres
+package sqlstore
 
 import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
-	"unicode/utf8"
 )
 
-// ts truncates t to the microseconds PostgreSQL keeps. pgx truncates too,
-// but doing it here makes a value the store returns (InterruptOperations'
-// finish time) equal to what it stored, and matches the SQLite store.
-func ts(t time.Time) time.Time { return t.Truncate(time.Microsecond) }
+// Now is the stores' clock for the times they record themselves (when an
+// operation started or was interrupted), in UTC at the microseconds both
+// databases keep, so a value the store returns equals what it stored.
+func Now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
-// nullTS is t truncated to microseconds, or NULL when t is nil.
-func nullTS(t *time.Time) any {
+// nullTime encodes t, or NULL when t is nil.
+func (s *Store) nullTime(t *time.Time) any {
 	if t == nil {
 		return nil
 	}
-	return ts(*t)
+	return s.d.Time(*t)
 }
 
-// now is the store's clock for the times it records itself (when an
-// operation started or was interrupted), at the precision it keeps. Lease
-// checks use the database's clock instead; see leaseExpr.
-func now() time.Time { return ts(time.Now().UTC()) }
-
-// rawArg passes a JSON document to a JSON column as its text, kept byte for
-// byte, or NULL when it is empty.
+// rawArg passes a JSON document as its text, kept byte for byte, or NULL
+// when it is empty.
 func rawArg(m json.RawMessage) any {
 	if len(m) == 0 {
 		return nil
@@ -56,20 +49,9 @@ func jsonArg[T any](v *T) (any, error) {
 	return string(b), nil
 }
 
-// cleanText makes text captured from processes (build logs, error messages
-// that quote an agent's output) storable: PostgreSQL's TEXT holds neither
-// NUL bytes nor invalid UTF-8, both of which a build can print. Each is
-// replaced with U+FFFD, so a failure is still recorded rather than lost to
-// an encoding error. Valid text is returned unchanged.
-func cleanText(s string) string {
-	if utf8.ValidString(s) && !strings.Contains(s, "\x00") {
-		return s
-	}
-	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
-}
-
 // bytesOf returns src, a TEXT or JSON column value as database/sql hands it
-// to a Scanner, as bytes; ok is false for NULL.
+// to a Scanner, as bytes; ok is false for NULL. The bytes may be the
+// driver's buffer: a Scanner that keeps them copies them.
 func bytesOf(src any) (b []byte, ok bool, err error) {
 	switch v := src.(type) {
 	case nil:
@@ -83,6 +65,40 @@ func bytesOf(src any) (b []byte, ok bool, err error) {
 	}
 }
 
+// timeCol scans a NOT NULL time column through the dialect.
+type timeCol struct {
+	d Dialect
+	t *time.Time
+}
+
+func (c timeCol) Scan(src any) error {
+	if src == nil {
+		return fmt.Errorf("time column is NULL")
+	}
+	t, err := c.d.ScanTime(src)
+	*c.t = t
+	return err
+}
+
+// nullTimeCol scans a nullable time column through the dialect; NULL is nil.
+type nullTimeCol struct {
+	d Dialect
+	t **time.Time
+}
+
+func (c nullTimeCol) Scan(src any) error {
+	if src == nil {
+		*c.t = nil
+		return nil
+	}
+	t, err := c.d.ScanTime(src)
+	if err != nil {
+		return err
+	}
+	*c.t = &t
+	return nil
+}
+
 // nullStringCol scans a nullable TEXT column; NULL is "".
 type nullStringCol struct{ s *string }
 
@@ -93,7 +109,7 @@ func (c nullStringCol) Scan(src any) error {
 }
 
 // rawCol scans a nullable JSON column; NULL is nil. The bytes are copied:
-// pgx reuses its read buffer.
+// the driver may reuse its buffer.
 type rawCol struct{ m *json.RawMessage }
 
 func (c rawCol) Scan(src any) error {
@@ -139,6 +155,8 @@ func (c jsonValCol[T]) Scan(src any) error {
 }
 
 var (
+	_ sql.Scanner = timeCol{}
+	_ sql.Scanner = nullTimeCol{}
 	_ sql.Scanner = nullStringCol{}
 	_ sql.Scanner = rawCol{}
 	_ sql.Scanner = jsonCol[int]{}

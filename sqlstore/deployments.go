@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -9,10 +9,15 @@ import (
 const deploymentCols = `id, agent_id, version_id, version, build_id, status, url, error_message, restarts,
 	created_at, updated_at, stop_at, removed_at`
 
-func scanDeployment(sc interface{ Scan(...any) error }) (berth.Deployment, error) {
+// liveDeploymentsSQL lists the live deployments oldest first. The statuses
+// are literals so that the partial index deployments_live applies.
+const liveDeploymentsSQL = `SELECT ` + deploymentCols + ` FROM deployments
+	WHERE status IN ('starting', 'running') ORDER BY created_at, id`
+
+func (s *Store) scanDeployment(sc scanner) (berth.Deployment, error) {
 	var d berth.Deployment
 	err := sc.Scan(&d.ID, &d.AgentID, &d.VersionID, &d.Version, &d.BuildID, &d.Status, &d.URL, &d.Error, &d.Restarts,
-		timeCol{&d.CreatedAt}, timeCol{&d.UpdatedAt}, nullTimeCol{&d.StopAt}, nullTimeCol{&d.RemovedAt})
+		timeCol{s.d, &d.CreatedAt}, timeCol{s.d, &d.UpdatedAt}, nullTimeCol{s.d, &d.StopAt}, nullTimeCol{s.d, &d.RemovedAt})
 	return d, err
 }
 
@@ -21,9 +26,9 @@ func scanDeployment(sc interface{ Scan(...any) error }) (berth.Deployment, error
 func (s *Store) CreateDeployment(ctx context.Context, d berth.Deployment) error {
 	_, err := s.write.ExecContext(ctx, `INSERT INTO deployments (`+deploymentCols+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-		d.ID, d.AgentID, d.VersionID, d.Version, d.BuildID, string(d.Status), d.URL, d.Error, d.Restarts,
-		encTime(d.CreatedAt), encTime(d.UpdatedAt), encNullTime(d.StopAt), encNullTime(d.RemovedAt))
-	err = dbErr(err, "create deployment")
+		d.ID, d.AgentID, d.VersionID, d.Version, d.BuildID, string(d.Status), d.URL, s.d.Text(d.Error), d.Restarts,
+		s.d.Time(d.CreatedAt), s.d.Time(d.UpdatedAt), s.nullTime(d.StopAt), s.nullTime(d.RemovedAt))
+	err = s.dbErr(err, "create deployment")
 	err = conflict(err, "deployment %s already exists", d.ID)
 	return missingRef(err, "agent %s not found", d.AgentID)
 }
@@ -32,23 +37,25 @@ func (s *Store) CreateDeployment(ctx context.Context, d berth.Deployment) error 
 const updateDeploymentSQL = `UPDATE deployments
 	SET status = $1, url = $2, error_message = $3, restarts = $4, updated_at = $5, stop_at = $6, removed_at = $7`
 
-func updateDeploymentArgs(d berth.Deployment) []any {
-	return []any{string(d.Status), d.URL, d.Error, d.Restarts, encTime(d.UpdatedAt),
-		encNullTime(d.StopAt), encNullTime(d.RemovedAt)}
+// updateDeploymentArgs are the arguments of updateDeploymentSQL. Error
+// quotes the agent's output, so it goes through Dialect.Text.
+func (s *Store) updateDeploymentArgs(d berth.Deployment) []any {
+	return []any{string(d.Status), d.URL, s.d.Text(d.Error), d.Restarts, s.d.Time(d.UpdatedAt),
+		s.nullTime(d.StopAt), s.nullTime(d.RemovedAt)}
 }
 
 // UpdateDeployment writes d's Status, URL, Error, Restarts, UpdatedAt,
 // StopAt and RemovedAt.
 func (s *Store) UpdateDeployment(ctx context.Context, d berth.Deployment) error {
-	return execOne(ctx, s.write, "update deployment", "deployment "+d.ID,
-		updateDeploymentSQL+` WHERE id = $8`, append(updateDeploymentArgs(d), d.ID)...)
+	return s.execOne(ctx, s.write, "update deployment", "deployment "+d.ID,
+		updateDeploymentSQL+` WHERE id = $8`, append(s.updateDeploymentArgs(d), d.ID)...)
 }
 
 // DeploymentByID returns the deployment with the given ID.
 func (s *Store) DeploymentByID(ctx context.Context, id string) (berth.Deployment, error) {
-	d, err := scanDeployment(s.read.QueryRowContext(ctx, `SELECT `+deploymentCols+` FROM deployments WHERE id = $1`, id))
+	d, err := s.scanDeployment(s.read.QueryRowContext(ctx, `SELECT `+deploymentCols+` FROM deployments WHERE id = $1`, id))
 	if err != nil {
-		return berth.Deployment{}, notFound(err, "read deployment", "deployment %s not found", id)
+		return berth.Deployment{}, s.notFound(err, "read deployment", "deployment %s not found", id)
 	}
 	return d, nil
 }
@@ -58,19 +65,18 @@ func (s *Store) ListDeployments(ctx context.Context, agentID string) ([]berth.De
 	rows, err := s.read.QueryContext(ctx, `SELECT `+deploymentCols+` FROM deployments
 		WHERE agent_id = $1 ORDER BY created_at DESC, id DESC`, agentID)
 	if err != nil {
-		return nil, dbErr(err, "list deployments")
+		return nil, s.dbErr(err, "list deployments")
 	}
-	return collect(rows, "list deployments", scanDeployment)
+	return collect(s, rows, "list deployments", s.scanDeployment)
 }
 
 // LiveDeployments lists every deployment, of every agent, whose status is
 // starting or running, oldest first. The statuses are literals so that the
 // partial index deployments_live applies.
 func (s *Store) LiveDeployments(ctx context.Context) ([]berth.Deployment, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT `+deploymentCols+` FROM deployments
-		WHERE status IN ('starting', 'running') ORDER BY created_at, id`)
+	rows, err := s.read.QueryContext(ctx, liveDeploymentsSQL)
 	if err != nil {
-		return nil, dbErr(err, "list live deployments")
+		return nil, s.dbErr(err, "list live deployments")
 	}
-	return collect(rows, "list live deployments", scanDeployment)
+	return collect(s, rows, "list live deployments", s.scanDeployment)
 }

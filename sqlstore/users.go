@@ -1,4 +1,4 @@
-package postgres
+package sqlstore
 
 import (
 	"context"
@@ -11,9 +11,9 @@ const userCols = `id, username, email, access_key, secret_hash, is_super_user, c
 // CreateUser records u. A clash on its ID, Username or AccessKey is
 // CodeConflict.
 func (s *Store) CreateUser(ctx context.Context, u berth.User) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO users (`+userCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		u.ID, u.Username, u.Email, u.AccessKey, u.SecretHash, u.IsSuperUser, ts(u.CreatedAt))
-	return conflict(dbErr(err, "create user"), "a user with this id, username or access key already exists")
+	_, err := s.write.ExecContext(ctx, `INSERT INTO users (`+userCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		u.ID, u.Username, u.Email, u.AccessKey, u.SecretHash, u.IsSuperUser, s.d.Time(u.CreatedAt))
+	return conflict(s.dbErr(err, "create user"), "a user with this id, username or access key already exists")
 }
 
 // UserByID returns the user with the given ID.
@@ -29,10 +29,10 @@ func (s *Store) UserByAccessKey(ctx context.Context, accessKey string) (berth.Us
 
 func (s *Store) user(ctx context.Context, where string, arg any, what string) (berth.User, error) {
 	var u berth.User
-	err := s.pool.QueryRow(ctx, `SELECT `+userCols+` FROM users WHERE `+where, arg).Scan(
-		&u.ID, &u.Username, &u.Email, &u.AccessKey, &u.SecretHash, &u.IsSuperUser, &u.CreatedAt)
+	err := s.read.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE `+where, arg).Scan(
+		&u.ID, &u.Username, &u.Email, &u.AccessKey, &u.SecretHash, &u.IsSuperUser, timeCol{s.d, &u.CreatedAt})
 	if err != nil {
-		return berth.User{}, notFound(err, "read user", "%s not found", what)
+		return berth.User{}, s.notFound(err, "read user", "%s not found", what)
 	}
 	return u, nil
 }
@@ -40,8 +40,8 @@ func (s *Store) user(ctx context.Context, where string, arg any, what string) (b
 // CountUsers returns the number of users.
 func (s *Store) CountUsers(ctx context.Context) (int, error) {
 	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM users`).Scan(&n); err != nil {
-		return 0, dbErr(err, "count users")
+	if err := s.read.QueryRowContext(ctx, `SELECT COUNT(*) FROM users`).Scan(&n); err != nil {
+		return 0, s.dbErr(err, "count users")
 	}
 	return n, nil
 }
