@@ -71,13 +71,24 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	write.SetConnMaxLifetime(0)
 	write.SetConnMaxIdleTime(0)
 
-	if err := write.PingContext(ctx); err != nil {
-		write.Close()
-		return nil, dbErr(err, "open database")
-	}
-	if err := migrate(ctx, write); err != nil {
-		write.Close()
-		return nil, err
+	// Switching a new file to WAL takes an exclusive lock for which SQLite
+	// does not always wait, so stores opening one new file at once can see
+	// SQLITE_BUSY here; the loser retries briefly.
+	for attempt := 0; ; attempt++ {
+		err := write.PingContext(ctx)
+		if err != nil {
+			err = dbErr(err, "open database")
+		} else {
+			err = migrate(ctx, write)
+		}
+		if err == nil {
+			break
+		}
+		if !isBusy(err) || attempt == 20 || ctx.Err() != nil {
+			write.Close()
+			return nil, err
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
 	}
 
 	read, err := sql.Open("sqlite", dsn(abs, true))
@@ -94,6 +105,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, dbErr(err, "open database")
 	}
 	return &Store{Store: sqlstore.New(dialect{}, write, read), write: write, read: read, path: abs}, nil
+}
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY or SQLITE_LOCKED.
+func isBusy(err error) bool {
+	code, _, ok := dialect{}.ClassifyError(err)
+	return ok && code == berth.CodeUnavailable
 }
 
 // dsn returns the modernc.org/sqlite data source name for the database file
