@@ -60,6 +60,14 @@ type Store interface {
 	UpdateDeployment(ctx context.Context, d Deployment) error
 	DeploymentByID(ctx context.Context, id string) (Deployment, error)
 	ListDeployments(ctx context.Context, agentID string) ([]Deployment, error) // newest first
+	// CurrentDeployments lists the agent's deployments that matter to a
+	// lifecycle decision: live ones (starting, running) and failed ones not
+	// yet cleaned up (RemovedAt nil), newest first. Served from an index, so
+	// its cost does not grow with the agent's history.
+	CurrentDeployments(ctx context.Context, agentID string) ([]Deployment, error)
+	// DeploymentsOfVersions lists the agent's deployments of the given
+	// versions (one page of version history), newest first.
+	DeploymentsOfVersions(ctx context.Context, agentID string, versionIDs []string) ([]Deployment, error)
 	// LiveDeployments lists every deployment, of every agent, whose status
 	// is starting or running: what the runtime should be running.
 	LiveDeployments(ctx context.Context) ([]Deployment, error)

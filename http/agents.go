@@ -439,7 +439,11 @@ func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request, u berth.
 		s.writeError(w, r, err)
 		return
 	}
-	ds, err := s.store.ListDeployments(r.Context(), a.ID)
+	ids := make([]string, len(vs))
+	for i, v := range vs {
+		ids[i] = v.ID
+	}
+	ds, err := s.store.DeploymentsOfVersions(r.Context(), a.ID, ids)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -321,7 +321,7 @@ func (e *Engine) rollout(ctx context.Context, actor berth.User, a berth.Agent, v
 	d.URL = inst.URL
 
 	// Decide what stops, then switch in one commit.
-	ds, err := e.store.ListDeployments(ctx, a.ID)
+	ds, err := e.store.CurrentDeployments(ctx, a.ID)
 	if err != nil {
 		_ = e.rt.Stop(ctx, d.ID)
 		return fail(err)

@@ -83,7 +83,7 @@ func (e *Engine) closeInterrupted(ctx context.Context, ops []berth.Operation, wh
 		}
 		now := e.now()
 		c := berth.Commit{AgentID: op.AgentID, Versions: []berth.VersionChange{{VersionID: v.ID, State: berth.VersionFailed}}}
-		if ds, err := e.store.ListDeployments(ctx, op.AgentID); err == nil {
+		if ds, err := e.store.DeploymentsOfVersions(ctx, op.AgentID, []string{v.ID}); err == nil {
 			for _, d := range ds {
 				if d.VersionID == v.ID && d.Status.Live() {
 					d.Status, d.Error, d.UpdatedAt = berth.DeploymentFailed, why, now

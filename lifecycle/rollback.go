@@ -146,7 +146,7 @@ func (e *Engine) decideRollback(ctx context.Context, a berth.Agent, requested st
 	if err != nil {
 		return from, to, warm, nil, err
 	}
-	ds, err = e.store.ListDeployments(ctx, a.ID)
+	ds, err = e.store.CurrentDeployments(ctx, a.ID)
 	if err != nil {
 		return from, to, warm, nil, err
 	}

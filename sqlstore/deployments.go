@@ -2,6 +2,9 @@ package sqlstore
 
 import (
 	"context"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/berthhq/berth"
 )
@@ -13,6 +16,19 @@ const deploymentCols = `id, agent_id, version_id, version, build_id, status, url
 // are literals so that the partial index deployments_live applies.
 const liveDeploymentsSQL = `SELECT ` + deploymentCols + ` FROM deployments
 	WHERE status IN ('starting', 'running') ORDER BY created_at, id`
+
+// currentDeploymentsSQL lists an agent's live and not-yet-cleaned failed
+// deployments; the condition is the partial index deployments_current's,
+// literally, so that the index applies. It is sorted in Go: an ORDER BY
+// would tempt the planner onto deployments_agent_created, which reads the
+// agent's whole history.
+const currentDeploymentsSQL = `SELECT ` + deploymentCols + ` FROM deployments
+	WHERE agent_id = $1 AND (status IN ('starting', 'running') OR (status = 'failed' AND removed_at IS NULL))`
+
+// deploymentsOfVersionSQL lists the deployments of one version (served by
+// deployments_version); DeploymentsOfVersions repeats the IN list.
+const deploymentsOfVersionSQL = `SELECT ` + deploymentCols + ` FROM deployments
+	WHERE version_id IN ($2) AND agent_id = $1`
 
 func (s *Store) scanDeployment(sc scanner) (berth.Deployment, error) {
 	var d berth.Deployment
@@ -79,4 +95,48 @@ func (s *Store) LiveDeployments(ctx context.Context) ([]berth.Deployment, error)
 		return nil, s.dbErr(err, "list live deployments")
 	}
 	return collect(s, rows, "list live deployments", s.scanDeployment)
+}
+
+// CurrentDeployments lists the agent's live deployments and its failed ones
+// not yet cleaned up, newest first.
+func (s *Store) CurrentDeployments(ctx context.Context, agentID string) ([]berth.Deployment, error) {
+	rows, err := s.read.QueryContext(ctx, currentDeploymentsSQL, agentID)
+	if err != nil {
+		return nil, s.dbErr(err, "list current deployments")
+	}
+	ds, err := collect(s, rows, "list current deployments", s.scanDeployment)
+	sortNewestFirst(ds)
+	return ds, err
+}
+
+// DeploymentsOfVersions lists the agent's deployments of versionIDs,
+// newest first.
+func (s *Store) DeploymentsOfVersions(ctx context.Context, agentID string, versionIDs []string) ([]berth.Deployment, error) {
+	if len(versionIDs) == 0 {
+		return nil, nil
+	}
+	args := []any{agentID}
+	marks := make([]string, len(versionIDs))
+	for i, id := range versionIDs {
+		args = append(args, id)
+		marks[i] = "$" + strconv.Itoa(i+2)
+	}
+	q := strings.Replace(deploymentsOfVersionSQL, "$2", strings.Join(marks, ", "), 1)
+	rows, err := s.read.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, s.dbErr(err, "list deployments of versions")
+	}
+	ds, err := collect(s, rows, "list deployments of versions", s.scanDeployment)
+	sortNewestFirst(ds)
+	return ds, err
+}
+
+// sortNewestFirst orders deployments as ListDeployments does.
+func sortNewestFirst(ds []berth.Deployment) {
+	slices.SortFunc(ds, func(a, b berth.Deployment) int {
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
 }

@@ -119,3 +119,44 @@ func testLiveDeployments(t *testing.T, s berth.Store) {
 		}
 	}
 }
+
+func testCurrentDeployments(t *testing.T, s berth.Store) {
+	ctx := t.Context()
+	a, other := mkAgent(t, s), mkAgent(t, s)
+	v1 := mkVersion(t, s, a.ID, "1.0.0", berth.VersionReady)
+	v2 := mkVersion(t, s, a.ID, "1.1.0", berth.VersionReady)
+	v3 := mkVersion(t, s, a.ID, "1.2.0", berth.VersionFailed)
+	base := now()
+	mk := func(v berth.Version, st berth.DeploymentStatus, off time.Duration, removed bool) berth.Deployment {
+		d := newDeployment(a.ID, v, st, base.Add(off))
+		if removed {
+			d.RemovedAt = ptr(base)
+		}
+		check(t, s.CreateDeployment(ctx, d), "CreateDeployment")
+		return d
+	}
+	stopped := mk(v1, berth.DeploymentStopped, 0, false)
+	running := mk(v1, berth.DeploymentRunning, time.Second, false)
+	starting := mk(v2, berth.DeploymentStarting, 2*time.Second, false)
+	failed := mk(v3, berth.DeploymentFailed, 3*time.Second, false)
+	cleaned := mk(v3, berth.DeploymentFailed, 4*time.Second, true)
+	check(t, s.CreateDeployment(ctx, newDeployment(other.ID, mkVersion(t, s, other.ID, "1.0.0", berth.VersionReady), berth.DeploymentRunning, base)), "CreateDeployment(other)")
+
+	got, err := s.CurrentDeployments(ctx, a.ID)
+	check(t, err, "CurrentDeployments")
+	if g, w := ids(got, deploymentID), []string{failed.ID, starting.ID, running.ID}; !slices.Equal(g, w) {
+		t.Errorf("CurrentDeployments() = %v, want live and uncleaned failed, newest first %v", g, w)
+	}
+
+	got, err = s.DeploymentsOfVersions(ctx, a.ID, []string{v1.ID, v3.ID})
+	check(t, err, "DeploymentsOfVersions")
+	if g, w := ids(got, deploymentID), []string{cleaned.ID, failed.ID, running.ID, stopped.ID}; !slices.Equal(g, w) {
+		t.Errorf("DeploymentsOfVersions(1.0.0, 1.2.0) = %v, want %v", g, w)
+	}
+	if got, err := s.DeploymentsOfVersions(ctx, other.ID, []string{v1.ID}); err != nil || len(got) != 0 {
+		t.Errorf("DeploymentsOfVersions(another agent's view) = %v, %v; want none", got, err)
+	}
+	if got, err := s.DeploymentsOfVersions(ctx, a.ID, nil); err != nil || len(got) != 0 {
+		t.Errorf("DeploymentsOfVersions(no versions) = %v, %v; want none", got, err)
+	}
+}

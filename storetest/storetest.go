@@ -46,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) berth.Store) {
 		{"Builds", testBuilds},
 		{"Deployments", testDeployments},
 		{"LiveDeployments", testLiveDeployments},
+		{"CurrentDeployments", testCurrentDeployments},
 		{"OperationGuard", testOperationGuard},
 		{"OperationLeaseExpiry", testOperationLeaseExpiry},
 		{"CommitReleasesGuard", testCommitReleasesGuard},

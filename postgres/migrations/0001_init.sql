@@ -103,6 +103,11 @@ CREATE TABLE deployments (
 
 CREATE INDEX deployments_agent_created ON deployments (agent_id, created_at, id);
 CREATE INDEX deployments_live ON deployments (created_at, id) WHERE status IN ('starting', 'running');
+-- What a lifecycle decision reads: live deployments and failed ones not yet
+-- cleaned up. Partial, so rollback cost does not grow with history.
+CREATE INDEX deployments_current ON deployments (agent_id)
+    WHERE status IN ('starting', 'running') OR (status = 'failed' AND removed_at IS NULL);
+CREATE INDEX deployments_version ON deployments (version_id);
 
 -- idempotency_key is NULL when the operation has none or once
 -- DeleteIdempotencyKeysBefore forgot it.
