@@ -26,9 +26,11 @@ const currentDeploymentsSQL = `SELECT ` + deploymentCols + ` FROM deployments
 	WHERE agent_id = $1 AND (status IN ('starting', 'running') OR (status = 'failed' AND removed_at IS NULL))`
 
 // deploymentsOfVersionSQL lists the deployments of one version (served by
-// deployments_version); DeploymentsOfVersions repeats the IN list.
+// deployments_version); DeploymentsOfVersions repeats the IN list. The
+// agent is checked in Go: with "agent_id = $1" in the query, SQLite's
+// planner prefers the agent's whole-history index once the IN list grows.
 const deploymentsOfVersionSQL = `SELECT ` + deploymentCols + ` FROM deployments
-	WHERE version_id IN ($2) AND agent_id = $1`
+	WHERE version_id IN ($1)`
 
 func (s *Store) scanDeployment(sc scanner) (berth.Deployment, error) {
 	var d berth.Deployment
@@ -115,18 +117,19 @@ func (s *Store) DeploymentsOfVersions(ctx context.Context, agentID string, versi
 	if len(versionIDs) == 0 {
 		return nil, nil
 	}
-	args := []any{agentID}
+	args := make([]any, len(versionIDs))
 	marks := make([]string, len(versionIDs))
 	for i, id := range versionIDs {
-		args = append(args, id)
-		marks[i] = "$" + strconv.Itoa(i+2)
+		args[i] = id
+		marks[i] = "$" + strconv.Itoa(i+1)
 	}
-	q := strings.Replace(deploymentsOfVersionSQL, "$2", strings.Join(marks, ", "), 1)
+	q := strings.Replace(deploymentsOfVersionSQL, "$1", strings.Join(marks, ", "), 1)
 	rows, err := s.read.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, s.dbErr(err, "list deployments of versions")
 	}
 	ds, err := collect(s, rows, "list deployments of versions", s.scanDeployment)
+	ds = slices.DeleteFunc(ds, func(d berth.Deployment) bool { return d.AgentID != agentID })
 	sortNewestFirst(ds)
 	return ds, err
 }

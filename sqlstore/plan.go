@@ -29,7 +29,7 @@ func PlannedQueries(d Dialect) []PlannedQuery {
 		{Name: "ListAgents(owner)", Query: listAgentsOfSQL, Args: []any{"u"}, Index: "agents_owner_name"},
 		{Name: "LiveDeployments", Query: liveDeploymentsSQL, Index: "deployments_live"},
 		{Name: "CurrentDeployments", Query: currentDeploymentsSQL, Args: []any{"a"}, Index: "deployments_current"},
-		{Name: "DeploymentsOfVersions", Query: deploymentsOfVersionSQL, Args: []any{"a", "v"}, Index: "deployments_version"},
+		{Name: "DeploymentsOfVersions", Query: deploymentsOfVersionSQL, Args: []any{"v"}, Index: "deployments_version"},
 		{Name: "running operations", Query: runningOpsSQL, Index: "operations_running"},
 		// Sorted to lock in ID order.
 		{Name: "expired guards", Query: expiredGuardsSQL(d), Args: []any{d.LeaseArg(time.Now())},
