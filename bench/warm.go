@@ -21,6 +21,7 @@ func runWarm(args []string) error {
 	n := fs.Int("n", 1000, "measured rollbacks")
 	warmup := fs.Int("warmup", 20, "rollbacks before measuring (not counted)")
 	grace := fs.Duration("rollback-grace", 24*time.Hour, "rollback grace: long, so the version rolled back from stays warm")
+	dbURL := fs.String("database-url", "", "PostgreSQL URL of an EMPTY database to keep metadata in (default: SQLite in the data dir)")
 	fsyncPeer := fs.Bool("fsync-peer", true, "after each rollback, time one 4 KiB append + fdatasync in the data dir: the disk's own commit cost, as a peer")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -38,7 +39,10 @@ func runWarm(args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := startInproc(dataDir, newCreds(), e.log, func(c *server.Config) { c.Engine.Grace = *grace })
+	s, err := startInproc(dataDir, newCreds(), e.log, func(c *server.Config) {
+		c.Engine.Grace = *grace
+		c.DatabaseURL = *dbURL
+	})
 	if err != nil {
 		return err
 	}
@@ -58,7 +62,11 @@ func runWarm(args []string) error {
 			return fmt.Errorf("version %s is not running after the blue-green update: %+v", v, ds)
 		}
 	}
-	fmt.Fprintf(e.out, "# in-process server (server.Open + Serve), data dir on %s, SQLite synchronous=FULL (sqlite.Open's DSN)\n", dataDir)
+	store := "SQLite synchronous=FULL (sqlite.Open's DSN)"
+	if *dbURL != "" {
+		store = "PostgreSQL (durable only if the URL keeps synchronous_commit=on)"
+	}
+	fmt.Fprintf(e.out, "# in-process server (server.Open + Serve), data dir on %s, metadata in %s\n", dataDir, store)
 	fmt.Fprintf(e.out, "# agent %s: %s and %s running (update_strategy=blue-green, rollback grace %s); %d warm-up + %d measured rollbacks toggling target_version\n",
 		agent, versions[0], versions[1], *grace, *warmup, *n)
 
