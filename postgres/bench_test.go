@@ -1,121 +1,24 @@
 package postgres
 
 import (
-	"fmt"
 	"testing"
-	"time"
 
 	"github.com/berthhq/berth"
-	"github.com/google/uuid"
+	"github.com/berthhq/berth/storetest"
 )
 
-// benchAgent opens a store on a fresh schema, with durable commits
-// (synchronous_commit=on, whatever the test URL says, so the numbers
-// compare with the SQLite store's fsynced ones), and creates a user and an
-// agent.
-func benchAgent(b *testing.B) (*Store, berth.Agent) {
+// openBench opens a store on a fresh schema with durable commits
+// (synchronous_commit=on, whatever the test URL says), so the numbers
+// compare with the SQLite store's fsynced ones; they include the round
+// trips to the server (loopback in CI).
+func openBench(b *testing.B) berth.Store {
 	b.Helper()
-	ctx := b.Context()
-	s := openURL(b, withParam(freshSchema(b), "synchronous_commit", "on"))
-	u := berth.User{ID: uuid.NewString(), Username: "bench", AccessKey: "AK-bench", CreatedAt: time.Now()}
-	a := berth.Agent{ID: uuid.NewString(), Name: "bench", OwnerID: u.ID, CreatedAt: time.Now(), UpdatedAt: time.Now()}
-	if err := s.CreateUser(ctx, u); err != nil {
-		b.Fatal(err)
-	}
-	if err := s.CreateAgent(ctx, a); err != nil {
-		b.Fatal(err)
-	}
-	return s, a
+	return openURL(b, withParam(freshSchema(b), "synchronous_commit", "on"))
 }
 
-// BenchmarkCommitSwitch measures one active-version switch: a Commit that
-// locks the agent, checks and moves the active pointer and marks the target
-// activated, with (begin+commit) and without the operation record and
-// guard around it. Each commit is a durable transaction; the figure
-// includes the round trips to the server (loopback in CI).
-func BenchmarkCommitSwitch(b *testing.B) {
-	for _, withOp := range []bool{false, true} {
-		name := "commit"
-		if withOp {
-			name = "begin+commit"
-		}
-		b.Run(name, func(b *testing.B) {
-			ctx := b.Context()
-			s, a := benchAgent(b)
-			var vs [2]string
-			for i := range vs {
-				v := berth.Version{ID: uuid.NewString(), AgentID: a.ID, Version: fmt.Sprintf("1.%d.0", i),
-					State: berth.VersionReady, CreatedAt: time.Now()}
-				if err := s.CreateVersion(ctx, v); err != nil {
-					b.Fatal(err)
-				}
-				vs[i] = v.ID
-			}
-			active := ""
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				target := vs[i%2]
-				i++
-				at := time.Now()
-				c := berth.Commit{
-					AgentID:      a.ID,
-					SetActive:    &target,
-					ExpectActive: active,
-					Versions:     []berth.VersionChange{{VersionID: target, State: berth.VersionReady, ActivatedAt: &at}},
-				}
-				if withOp {
-					op := berth.Operation{ID: uuid.NewString(), AgentID: a.ID, Kind: berth.OpRollback, StartedAt: at}
-					if _, _, err := s.BeginOperation(ctx, op, at.Add(time.Minute), time.Time{}); err != nil {
-						b.Fatal(err)
-					}
-					op.Status, op.FinishedAt = berth.OpSucceeded, &at
-					c.Operation = &op
-				}
-				if err := s.Commit(ctx, c); err != nil {
-					b.Fatal(err)
-				}
-				active = target
-			}
-		})
-	}
-}
+// BenchmarkCommitSwitch measures one durable active-version switch.
+func BenchmarkCommitSwitch(b *testing.B) { storetest.BenchCommitSwitch(b, openBench) }
 
-// BenchmarkRecentlyActive measures the "last known good" lookup for an
-// agent with few and with many versions; served from an index, its cost
-// should not grow with the count.
-func BenchmarkRecentlyActive(b *testing.B) {
-	for _, n := range []int{10, 5000} {
-		b.Run(fmt.Sprintf("versions=%d", n), func(b *testing.B) {
-			ctx := b.Context()
-			s, a := benchAgent(b)
-			base := time.Now().Add(-time.Duration(n) * time.Minute)
-			for i := range n {
-				v := berth.Version{ID: uuid.NewString(), AgentID: a.ID, Version: fmt.Sprintf("%d.%d.0", i/100, i%100),
-					State: berth.VersionReady, CreatedAt: base}
-				switch i % 4 {
-				case 0: // never active
-				case 1:
-					v.State = berth.VersionRolledBack
-					fallthrough
-				default:
-					at := base.Add(time.Duration(i) * time.Minute)
-					v.ActivatedAt = &at
-				}
-				if err := s.CreateVersion(ctx, v); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if _, err := s.db.ExecContext(ctx, `ANALYZE versions`); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			for b.Loop() {
-				vs, err := s.RecentlyActive(ctx, a.ID, 3)
-				if err != nil || len(vs) != 3 {
-					b.Fatalf("RecentlyActive() = %d versions, %v; want 3", len(vs), err)
-				}
-			}
-		})
-	}
-}
+// BenchmarkRecentlyActive measures the "last known good" lookup with 10
+// and 5,000 versions.
+func BenchmarkRecentlyActive(b *testing.B) { storetest.BenchRecentlyActive(b, openBench) }
