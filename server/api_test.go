@@ -29,7 +29,6 @@ import (
 
 	"github.com/berthhq/berth/artifact"
 	"github.com/berthhq/berth/berthtest"
-	"github.com/berthhq/berth/lifecycle"
 	"github.com/berthhq/berth/server"
 )
 
@@ -53,38 +52,7 @@ func withAdmin(key, secret string) serverOption {
 // ts.Admin is empty.
 func startBare(t *testing.T, dataDir string, opts ...serverOption) *testServer {
 	t.Helper()
-	if dataDir == "" {
-		dataDir = t.TempDir()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := server.Config{
-		Addr:         ln.Addr().String(),
-		DataDir:      dataDir,
-		PublicURL:    "http://" + ln.Addr().String(),
-		ReadyTimeout: 10 * time.Second,
-		StopTimeout:  2 * time.Second,
-		Engine:       lifecycle.DefaultConfig(),
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}
-	if url := os.Getenv("BERTH_TEST_DATABASE_URL"); url != "" {
-		cfg.DatabaseURL = freshDatabase(t, url, dataDir)
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	srv, err := server.Open(context.Background(), cfg)
-	if err != nil {
-		ln.Close()
-		t.Fatalf("server.Open: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{t: t, URL: "http://" + ln.Addr().String(), DataDir: dataDir, srv: srv, stop: cancel, done: make(chan error, 1)}
-	go func() { ts.done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(ts.Close)
-	return ts
+	return openServer(t, dataDir, opts...)
 }
 
 // account is a registered user with its credentials and a token.

@@ -42,8 +42,17 @@ func withStandby(n int) serverOption {
 	return func(c *server.Config) { c.Engine.Standby = n }
 }
 
-// startServer starts a server on dataDir ("" = a new temp dir).
+// startServer starts a server on dataDir ("" = a new temp dir) and logs
+// in as the bootstrap superuser (ts.Admin).
 func startServer(t testing.TB, dataDir string, opts ...serverOption) *testServer {
+	t.Helper()
+	ts := openServer(t, dataDir, opts...)
+	ts.Admin = ts.loginFile()
+	return ts
+}
+
+// openServer starts a server on dataDir ("" = a new temp dir), not logged in.
+func openServer(t testing.TB, dataDir string, opts ...serverOption) *testServer {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
@@ -79,7 +88,6 @@ func startServer(t testing.TB, dataDir string, opts ...serverOption) *testServer
 	ts := &testServer{t: t, URL: "http://" + ln.Addr().String(), DataDir: dataDir, srv: srv, stop: cancel, done: make(chan error, 1)}
 	go func() { ts.done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(ts.Close)
-	ts.Admin = ts.loginFile()
 	return ts
 }
 
