@@ -26,7 +26,10 @@ type Runtime interface {
 	Logs(ctx context.Context, deploymentID string, w io.Writer) error
 	// Running lists the ids of deployments this runtime is running now.
 	Running(ctx context.Context) ([]string, error)
-	// Close stops everything and releases resources.
+	// Close releases the runtime's resources. The process runtime stops
+	// its children (they cannot outlive the server); the Kubernetes runtime
+	// leaves workloads to the cluster, where a restarted server finds them
+	// through Running.
 	Close() error
 }
 
