@@ -88,9 +88,19 @@ func BenchmarkDirect(b *testing.B) {
 
 // BenchmarkProxy is the same load through the proxy, mounted on a ServeMux
 // as Berth serves it.
-func BenchmarkProxy(b *testing.B) {
+func BenchmarkProxy(b *testing.B) { benchProxy(b, false) }
+
+// BenchmarkProxyTransport is BenchmarkProxy with the in-handler fast path
+// switched off, so every request goes through http.Transport as unusual
+// requests (upgrades, Expect: 100-continue, trailers) still do.
+func BenchmarkProxyTransport(b *testing.B) { benchProxy(b, true) }
+
+func benchProxy(b *testing.B, transportOnly bool) {
 	backend := newBenchBackend(b)
 	p := New(Options{})
+	if transportOnly {
+		p.fast = nil
+	}
 	b.Cleanup(p.CloseIdleConnections)
 	p.Set("bench", backend.URL)
 	mux := http.NewServeMux()

@@ -26,8 +26,11 @@ func (b *bufPool) get() *[]byte {
 
 func (b *bufPool) put(buf *[]byte) { b.pool.Put(buf) }
 
-// forward sends r to u with one RoundTrip on the shared Transport and copies
-// the answer back.
+// forward sends r to u and copies the answer back. Ordinary requests take
+// the fast path (roundTripFast: in this goroutine, over u's own connection
+// pool); protocol upgrades, Expect: 100-continue, request trailers, https
+// upstreams and a caller-supplied Transport go through one RoundTrip on the
+// Transport.
 //
 // It is hand-written rather than built on httputil.ReverseProxy: with the
 // Transport stubbed out (BenchmarkForward), ReverseProxy's per-request work
@@ -65,19 +68,38 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 		// The Transport closes the body on failure; closing the server's
 		// request body early can block on an unread Expect: 100-continue
 		// body, and the handler owns it anyway.
-		out.Body = noCloseBody{r.Body}
+		out.Body = &noCloseBody{r: r.Body}
 	}
 
-	res, err := p.transport.RoundTrip(out)
+	var (
+		res *http.Response
+		fx  fastExchange
+		err error
+	)
+	if p.fastEligible(r, u, upType) {
+		res, fx, err = p.roundTripFast(out, u)
+	} else {
+		res, err = p.transport.RoundTrip(out)
+	}
 	if err != nil {
 		p.upstreamError(w, r, u, err)
 		return
 	}
-	if res.StatusCode == http.StatusSwitchingProtocols {
+	if res.StatusCode == http.StatusSwitchingProtocols && fx.c == nil {
 		p.switchProtocols(w, r, u, upType, res)
 		return
 	}
-	defer res.Body.Close()
+	// complete records that the body was read to its end, which is when a
+	// fast-path connection may be pooled again. The deferred func also runs
+	// when bodyError aborts the handler.
+	complete := false
+	defer func() {
+		if fx.c != nil {
+			p.finishFast(u, fx, res, complete)
+		} else {
+			res.Body.Close()
+		}
+	}()
 
 	eventStream := isEventStream(res.Header["Content-Type"])
 	buf := p.bufs.get()
@@ -136,6 +158,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 			}
 		}
 		if rerr == io.EOF {
+			complete = true
 			break
 		}
 		if rerr != nil {
@@ -308,10 +331,23 @@ func flusherOf(w http.ResponseWriter) http.Flusher {
 	}
 }
 
-// noCloseBody hides Close from the Transport; see forward.
-type noCloseBody struct{ io.Reader }
+// noCloseBody hides Close from the Transport; see forward. It also records
+// the first error reading the client's body other than io.EOF, which the
+// fast path needs to tell a failing client from a failing upstream.
+type noCloseBody struct {
+	r   io.Reader
+	err error
+}
 
-func (noCloseBody) Close() error { return nil }
+func (b *noCloseBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (*noCloseBody) Close() error { return nil }
 
 // switchProtocols completes a 101 Switching Protocols answer (WebSocket and
 // the like): it hijacks the client connection and copies bytes both ways

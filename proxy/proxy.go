@@ -39,11 +39,12 @@ type Options struct {
 	// logged for requests that succeed.
 	Logger *slog.Logger
 	// Transport, when set, is used for every upstream request instead of the
-	// tuned *http.Transport the Proxy builds; the tuning fields below are then
-	// ignored.
+	// tuned *http.Transport the Proxy builds and its in-handler fast path for
+	// ordinary requests; the tuning fields below are then ignored.
 	Transport http.RoundTripper
 	// MaxIdleConnsPerHost is how many keep-alive connections are kept to one
-	// upstream. Zero means DefaultMaxIdleConnsPerHost.
+	// upstream (by the fast path and, for unusual requests, the Transport
+	// each). Zero means DefaultMaxIdleConnsPerHost.
 	MaxIdleConnsPerHost int
 	// MaxIdleConns caps keep-alive connections across all upstreams. Zero
 	// means DefaultMaxIdleConns.
@@ -68,6 +69,10 @@ type Proxy struct {
 	log       *slog.Logger
 	transport http.RoundTripper
 	bufs      bufPool
+	// fast configures in-handler forwarding over each Upstream's own
+	// connection pool (see direct.go); nil when the caller supplied a
+	// Transport, which then carries every request.
+	fast *fastConfig
 
 	// routes is the current immutable agent→upstream snapshot; readers only
 	// Load it, writers (holding mu) Store a modified copy.
@@ -81,11 +86,11 @@ func New(opts Options) *Proxy {
 	if log == nil {
 		log = slog.Default()
 	}
-	rt := opts.Transport
-	if rt == nil {
-		rt = newTransport(opts)
+	p := &Proxy{log: log, transport: opts.Transport}
+	if p.transport == nil {
+		p.transport = newTransport(opts)
+		p.fast = newFastConfig(opts)
 	}
-	p := &Proxy{log: log, transport: rt}
 	empty := map[string]*Upstream{}
 	p.routes.Store(&empty)
 	return p
@@ -136,6 +141,34 @@ func newTransport(opts Options) *http.Transport {
 	}
 }
 
+// newFastConfig applies Options' defaults for the fast path the way
+// newTransport does for the Transport.
+func newFastConfig(opts Options) *fastConfig {
+	cfg := &fastConfig{
+		dialer:        &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second},
+		maxIdle:       opts.MaxIdleConnsPerHost,
+		maxIdleTotal:  int64(opts.MaxIdleConns),
+		idleTimeout:   opts.IdleConnTimeout,
+		headerTimeout: opts.ResponseHeaderTimeout,
+	}
+	if cfg.dialer.Timeout == 0 {
+		cfg.dialer.Timeout = DefaultDialTimeout
+	}
+	if cfg.maxIdle <= 0 {
+		cfg.maxIdle = DefaultMaxIdleConnsPerHost
+	}
+	if cfg.maxIdleTotal <= 0 {
+		cfg.maxIdleTotal = DefaultMaxIdleConns
+	}
+	if cfg.idleTimeout <= 0 {
+		cfg.idleTimeout = DefaultIdleConnTimeout
+	}
+	if cfg.headerTimeout == 0 {
+		cfg.headerTimeout = DefaultResponseHeaderTimeout
+	}
+	return cfg
+}
+
 // Mount registers p on mux for /agents/{name} and /agents/{name}/{path...}.
 func (p *Proxy) Mount(mux *http.ServeMux) {
 	mux.Handle("/agents/{name}", p)
@@ -148,6 +181,21 @@ func (p *Proxy) CloseIdleConnections() {
 	type idleCloser interface{ CloseIdleConnections() }
 	if c, ok := p.transport.(idleCloser); ok {
 		c.CloseIdleConnections()
+	}
+	if p.fast != nil {
+		for _, u := range *p.routes.Load() {
+			u.pool.closeIdle(p.fast, false)
+		}
+	}
+}
+
+// retire marks u replaced: requests that looked it up move to its
+// successor, and its pooled connections are closed, now and as in-flight
+// requests hand theirs back.
+func (p *Proxy) retire(u *Upstream) {
+	u.retired.Store(true)
+	if p.fast != nil {
+		u.pool.closeIdle(p.fast, true)
 	}
 }
 
@@ -181,7 +229,7 @@ func (p *Proxy) Set(agentName, upstreamURL string) (previous *Upstream) {
 	if old != nil {
 		// Retire only after the new snapshot is visible: a request that
 		// read the old snapshot sees retired, backs out and retries on u.
-		old.retired.Store(true)
+		p.retire(old)
 	}
 	return old
 }
@@ -199,7 +247,7 @@ func (p *Proxy) Remove(agentName string) (previous *Upstream) {
 	next := maps.Clone(cur)
 	delete(next, agentName)
 	p.routes.Store(&next)
-	old.retired.Store(true)
+	p.retire(old)
 	return old
 }
 
@@ -253,6 +301,14 @@ type Upstream struct {
 	// prefix is "/agents/{agent}", stripped from request paths and sent
 	// as X-Forwarded-Prefix.
 	prefix string
+	// dialAddr is target's host:port for the fast path; empty for https
+	// upstreams, which always go through the Transport.
+	dialAddr string
+	// plainHost reports that target.Host needs no cleaning to be sent as
+	// the Host header, so bodyless requests can skip Request.Write.
+	plainHost bool
+	// pool holds the fast path's idle keep-alive connections to target.
+	pool connPool
 
 	inFlight atomic.Int64
 	retired  atomic.Bool
@@ -276,6 +332,14 @@ func (p *Proxy) newUpstream(agent, raw string) *Upstream {
 		u.err = berth.Errorf(berth.CodeInvalid, "upstream URL %q has no host", raw)
 	default:
 		u.target = t
+		if t.Scheme == "http" {
+			port := t.Port()
+			if port == "" {
+				port = "80"
+			}
+			u.dialAddr = net.JoinHostPort(t.Hostname(), port)
+			u.plainHost = plainHost(t.Host)
+		}
 		if t.Path != "" && t.Path != "/" {
 			u.basePath = strings.TrimSuffix(t.Path, "/")
 			u.baseRawPath = strings.TrimSuffix(t.EscapedPath(), "/")
