@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/berthtest"
+	"github.com/berthhq/berth/server"
 )
 
 // An agent process that dies while active is restarted, the deployment
@@ -209,5 +211,40 @@ func TestDiskFullDuringUpload(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(entries) > 0 {
 		t.Errorf("spooled upload left in tmp: %v", entries)
+	}
+}
+
+// A slow client that never finishes its headers is cut off after the
+// header timeout, and others are served meanwhile.
+func TestSlowClientIsCutOff(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "", func(c *server.Config) { c.ReadHeaderTimeout = 300 * time.Millisecond })
+	conns := make([]net.Conn, 20)
+	for i := range conns {
+		c, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// A request line and one header, then nothing: slowloris.
+		if _, err := c.Write([]byte("GET /api/v1/healthcheck HTTP/1.1\r\nHost: x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	// The server still answers others while those hang.
+	if st, _ := ts.do("GET", "/api/v1/healthcheck", "", nil, "", nil); st != http.StatusOK {
+		t.Errorf("healthcheck while slow clients hang = %d", st)
+	}
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		start := time.Now()
+		_, err := io.ReadAll(c) // returns once the server closes the connection
+		if err != nil {
+			t.Fatalf("slow client %d: connection not closed by the server: %v", i, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("slow client %d held its connection %v", i, d)
+		}
 	}
 }

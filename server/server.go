@@ -52,6 +52,9 @@ type Config struct {
 	JWTSecret string
 	// ShutdownTimeout bounds draining requests on shutdown.
 	ShutdownTimeout time.Duration
+	// ReadHeaderTimeout bounds how long a client may take to send a
+	// request's headers (slow-client protection); default 10s.
+	ReadHeaderTimeout time.Duration
 	// DatabaseURL selects PostgreSQL for metadata (postgres://…); empty
 	// means SQLite in DataDir.
 	DatabaseURL string
@@ -85,6 +88,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 10 * time.Second
 	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
@@ -164,7 +170,7 @@ func (s *Server) Store() berth.Store { return s.store }
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.api,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

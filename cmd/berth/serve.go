@@ -83,6 +83,7 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&cfg.Engine.BuildTimeout, "build-timeout", envDuration("BERTH_BUILD_TIMEOUT", def.BuildTimeout), "limit for a package's build command")
 	f.IntVar(&cfg.Engine.Limits.MaxEntries, "max-package-entries", envInt("BERTH_MAX_PACKAGE_ENTRIES", def.Limits.MaxEntries), "most files a package may hold")
 	f.Int64Var(&cfg.Engine.Limits.MaxUnpackedBytes, "max-unpacked-bytes", int64(envInt("BERTH_MAX_UNPACKED_BYTES", int(def.Limits.MaxUnpackedBytes))), "largest unpacked package size")
+	f.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", envDuration("BERTH_READ_HEADER_TIMEOUT", 10*time.Second), "time a client gets to send request headers (slow-client protection)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", envDuration("BERTH_SHUTDOWN_TIMEOUT", 30*time.Second), "time to drain requests on shutdown")
 	f.StringVar(&cfg.DatabaseURL, "database-url", envOr("BERTH_DATABASE_URL", ""), "PostgreSQL URL for metadata (default: SQLite in the data dir)")
 	f.StringVar(&cfg.Runtime, "runtime", envOr("BERTH_RUNTIME", "process"), "how agents run: process or kubernetes")
