@@ -144,9 +144,6 @@ func New(cfg Config, store berth.Store, rt berth.Runtime, router Router, build B
 	}
 }
 
-// Config returns the engine's effective configuration.
-func (e *Engine) Config() Config { return e.cfg }
-
 // Close cancels background operations and waits for them to finish
 // recording their outcome.
 func (e *Engine) Close() {
@@ -285,11 +282,6 @@ func replay[T any](op berth.Operation) (T, error) {
 		code = berth.CodeInternal
 	}
 	return out, &berth.Error{Code: code, Message: op.Error, OperationID: op.ID}
-}
-
-// Operation returns one operation record.
-func (e *Engine) Operation(ctx context.Context, id string) (berth.Operation, error) {
-	return e.store.OperationByID(ctx, id)
 }
 
 // OnStatus is the runtime's callback for deployments that crash, restart or

@@ -159,9 +159,6 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 // Handler is the HTTP API (and the agent proxy).
 func (s *Server) Handler() http.Handler { return s.api }
 
-// Engine is the release engine.
-func (s *Server) Engine() *lifecycle.Engine { return s.engine }
-
 // Store is the metadata store.
 func (s *Server) Store() berth.Store { return s.store }
 
