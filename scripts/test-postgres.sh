@@ -120,7 +120,11 @@ ensure_server() {
 	fi
 	PORT=$(sed -n 's/^port = \([0-9]*\).*/\1/p' "$DATA/postgresql.conf" | tail -n 1)
 
-	if ! as_pg "$bin/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+	if ! ready "$bin"; then
+		# Not answering. A server killed with everything else (as between a
+		# session and CI) leaves its pid file, and if that pid now belongs
+		# to another process PostgreSQL refuses to start; the file is stale.
+		rm -f "$DATA/postmaster.pid"
 		log "starting the test server on 127.0.0.1:$PORT"
 		as_pg "$bin/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start >/dev/null
 	fi
@@ -133,6 +137,19 @@ ensure_server() {
 		"${psql[@]}" -c "CREATE DATABASE $DB OWNER $ROLE"
 	fi
 	export BERTH_TEST_DATABASE_URL="postgres://$ROLE:$PASSWORD@127.0.0.1:$PORT/$DB?sslmode=disable&synchronous_commit=off"
+}
+
+# ready reports whether the test server accepts connections, waiting up
+# to 5 s for one that is still starting.
+ready() {
+	local i
+	for i in $(seq 1 25); do
+		if as_pg "$1/pg_isready" -h "$PG_DIR" -p "$PORT" -q; then
+			return 0
+		fi
+		sleep 0.2
+	done
+	return 1
 }
 
 stop_server() {
