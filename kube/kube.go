@@ -84,9 +84,6 @@ const (
 	// message.
 	tailLines = 20
 	tailBytes = 4 << 10
-	// maxHealthBody is how much of a health response is read (and
-	// discarded) so the connection can be reused.
-	maxHealthBody = 64 << 10
 )
 
 // Options configures a Runtime. Client and Namespace are required; every
@@ -651,7 +648,7 @@ func (r *Runtime) Probe(ctx context.Context, deploymentID string) error {
 	if err := r.check(pctx, url); err != nil {
 		return &berth.Error{
 			Code:    berth.CodeTargetUnhealthy,
-			Message: fmt.Sprintf("deployment %s health check failed (GET %s: %s)", deploymentID, url, healthReason(err)),
+			Message: fmt.Sprintf("deployment %s health check failed (GET %s: %s)", deploymentID, url, berth.HealthReason(err)),
 			Err:     err,
 		}
 	}

@@ -2,11 +2,7 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -74,7 +70,7 @@ func (r *Runtime) waitReady(sctx, ctx context.Context, p *plan) error {
 			if herr == nil {
 				return nil
 			}
-			obs.state = fmt.Sprintf("its pods are ready but GET %s through its Service failed: %s", url, healthReason(herr))
+			obs.state = fmt.Sprintf("its pods are ready but GET %s through its Service failed: %s", url, berth.HealthReason(herr))
 			last = obs
 		default:
 			last = obs
@@ -247,45 +243,7 @@ func describeOutput(lines []string) string {
 	return fmt.Sprintf("; last %d lines of output:\n%s", len(lines), strings.Join(lines, "\n"))
 }
 
-// healthError is a health check that got a non-2xx answer.
-type healthError struct{ status string }
-
-func (e *healthError) Error() string { return "answered " + e.status }
-
 // check makes one health request.
 func (r *Runtime) check(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := r.http.Do(req)
-	if err != nil {
-		return err
-	}
-	io.CopyN(io.Discard, resp.Body, maxHealthBody)
-	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &healthError{status: resp.Status}
-	}
-	return nil
-}
-
-// healthReason shortens a failed health check for a message.
-func healthReason(err error) string {
-	var he *healthError
-	if errors.As(err, &he) {
-		return he.Error()
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return oe.Err.Error()
-	}
-	var de *net.DNSError
-	if errors.As(err, &de) {
-		return "cannot resolve " + de.Name
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return "no answer"
-	}
-	return "request failed"
+	return berth.CheckHealth(ctx, r.http, url)
 }

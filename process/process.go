@@ -48,9 +48,6 @@ const (
 	// and backs off to keep a slow starter from costing CPU.
 	firstPollDelay = 5 * time.Millisecond
 	maxPollDelay   = 100 * time.Millisecond
-	// maxHealthBody is how much of a health response we read (and discard)
-	// so that the connection can be reused.
-	maxHealthBody = 64 << 10
 )
 
 // idRE is what a deployment id must look like: it names files and
@@ -438,7 +435,7 @@ func (r *Runtime) waitReady(ctx context.Context, d *deployment, p *proc) error {
 		return &berth.Error{Code: berth.CodeDeployFailed, Message: fmt.Sprintf("start of deployment %s was canceled", d.id), Err: ctx.Err()}
 	default:
 		e := berth.Errorf(berth.CodeTargetUnhealthy, "deployment %s did not become healthy within %s (GET %s: %s)%s",
-			d.id, d.readyTimeout, d.healthURL, healthReason(lastErr), describeOutput(p.tail))
+			d.id, d.readyTimeout, d.healthURL, berth.HealthReason(lastErr), describeOutput(p.tail))
 		// The last request was most likely cut off by the ready timeout;
 		// keeping that context error would make this look like a canceled
 		// start to errors.Is.
@@ -449,43 +446,9 @@ func (r *Runtime) waitReady(ctx context.Context, d *deployment, p *proc) error {
 	}
 }
 
-// healthReason shortens a failed health check for a message.
-func healthReason(err error) string {
-	var he *healthError
-	if errors.As(err, &he) {
-		return he.Error()
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return oe.Err.Error()
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return "no answer"
-	}
-	return "request failed"
-}
-
-// healthError is a health check that got a non-2xx answer.
-type healthError struct{ status string }
-
-func (e *healthError) Error() string { return "answered " + e.status }
-
 // check makes one health request.
 func (r *Runtime) check(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := r.client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.CopyN(io.Discard, resp.Body, maxHealthBody)
-	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &healthError{status: resp.Status}
-	}
-	return nil
+	return berth.CheckHealth(ctx, r.client, url)
 }
 
 func isClosed(c <-chan struct{}) bool {
@@ -553,7 +516,7 @@ func (r *Runtime) Probe(ctx context.Context, deploymentID string) error {
 	if err := r.check(pctx, d.healthURL); err != nil {
 		return &berth.Error{
 			Code:    berth.CodeTargetUnhealthy,
-			Message: fmt.Sprintf("deployment %s health check failed (GET %s: %s)", deploymentID, d.healthURL, healthReason(err)),
+			Message: fmt.Sprintf("deployment %s health check failed (GET %s: %s)", deploymentID, d.healthURL, berth.HealthReason(err)),
 			Err:     err,
 		}
 	}
