@@ -26,8 +26,13 @@ type createBuildBody struct {
 	K8sJobName     *string `json:"k8s_job_name"`
 }
 
+// parseBuildStatus parses a build status; "" means def, or is refused
+// when def is "" too.
 func parseBuildStatus(s string, def berth.BuildStatus) (berth.BuildStatus, error) {
 	if s == "" {
+		if def == "" {
+			return "", berth.Errorf(berth.CodeInvalidBody, "status is required")
+		}
 		return def, nil
 	}
 	switch st := berth.BuildStatus(s); st {
@@ -95,9 +100,6 @@ func (s *Server) handleBuildStatus(w http.ResponseWriter, r *http.Request, u ber
 		return
 	}
 	st, err := parseBuildStatus(body.Status, "")
-	if err == nil && st == "" {
-		err = berth.Errorf(berth.CodeInvalidBody, "status is required")
-	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -107,10 +109,7 @@ func (s *Server) handleBuildStatus(w http.ResponseWriter, r *http.Request, u ber
 		s.writeError(w, r, err)
 		return
 	}
-	a, err := s.store.AgentByID(r.Context(), b.AgentID)
-	if err == nil {
-		err = mayManage(u, a)
-	}
+	a, err := s.managedAgent(r, u, b.AgentID)
 	if err == nil && body.AgentID != "" && body.AgentID != a.ID && body.AgentID != a.Name {
 		err = berth.Errorf(berth.CodeInvalidBody, "build %s does not belong to agent %q", b.ID, body.AgentID)
 	}
@@ -154,6 +153,9 @@ type createDeploymentBody struct {
 // say a deployment is stopped or failed.
 func parseRecordDeploymentStatus(s string, def berth.DeploymentStatus) (berth.DeploymentStatus, error) {
 	if s == "" {
+		if def == "" {
+			return "", berth.Errorf(berth.CodeInvalidBody, "status is required")
+		}
 		return def, nil
 	}
 	switch st := berth.DeploymentStatus(s); st {
@@ -222,9 +224,6 @@ func (s *Server) handleDeploymentStatus(w http.ResponseWriter, r *http.Request, 
 		return
 	}
 	st, err := parseRecordDeploymentStatus(body.Status, "")
-	if err == nil && st == "" {
-		err = berth.Errorf(berth.CodeInvalidBody, "status is required")
-	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -234,10 +233,7 @@ func (s *Server) handleDeploymentStatus(w http.ResponseWriter, r *http.Request, 
 		s.writeError(w, r, err)
 		return
 	}
-	a, err := s.store.AgentByID(r.Context(), d.AgentID)
-	if err == nil {
-		err = mayManage(u, a)
-	}
+	a, err := s.managedAgent(r, u, d.AgentID)
 	if err == nil && d.VersionID == a.ActiveVersionID && d.Status.Live() {
 		err = berth.Errorf(berth.CodeConflict, "deployment %s serves the active version; roll back or update instead", d.ID)
 	}
@@ -293,4 +289,14 @@ func (s *Server) handleVersionMapping(w http.ResponseWriter, r *http.Request, u 
 	}
 	writeJSON(w, http.StatusOK, versionMapping{AgentID: a.ID, SemanticVersion: v.Version, ImageTag: tag,
 		Timestamp: v.CreatedAt.Unix(), StatusCode: http.StatusOK, Message: "Version mapping"})
+}
+
+// managedAgent loads the agent a record belongs to and checks that u may
+// manage it.
+func (s *Server) managedAgent(r *http.Request, u berth.User, agentID string) (berth.Agent, error) {
+	a, err := s.store.AgentByID(r.Context(), agentID)
+	if err != nil {
+		return a, err
+	}
+	return a, mayManage(u, a)
 }
