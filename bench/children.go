@@ -40,7 +40,7 @@ func runBackend(args []string) error {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write(body)
 	})
-	return serveUntilSignal(*addr, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, nil)
+	return serveUntilSignal(*addr, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, nil, nil)
 }
 
 // runBerthProxy is the hidden `_berthproxy` subcommand: Berth's production
@@ -89,19 +89,26 @@ func runBerthProxy(args []string) error {
 			f.Close()
 		}
 	}
-	return serveUntilSignal(*addr, hs, stop)
+	return serveUntilSignal(*addr, hs, p, stop)
 }
 
 // serveUntilSignal listens on addr, prints "ADDR host:port", serves hs
-// until SIGTERM or SIGINT, then runs atStop and shuts down.
-func serveUntilSignal(addr string, hs *http.Server, atStop func()) error {
+// until SIGTERM or SIGINT, then runs atStop and shuts down. With a non-nil
+// p, connections go through p's Frontend first, as in berth serve.
+func serveUntilSignal(addr string, hs *http.Server, p *proxy.Proxy, atStop func()) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	if p != nil {
+		front := proxy.NewFrontend(p, ln, proxy.FrontendOptions{ReadHeaderTimeout: hs.ReadHeaderTimeout, IdleTimeout: hs.IdleTimeout})
+		defer front.Close()
+		go func() { errc <- front.Serve() }()
+		ln = front.Fallback()
+	}
 	go func() { errc <- hs.Serve(ln) }()
 	fmt.Printf("ADDR %s\n", ln.Addr())
 	select {

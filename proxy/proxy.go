@@ -263,9 +263,11 @@ var testHookAfterLookup func()
 
 // acquire returns agentName's active upstream with one request counted in
 // flight on it, or nil if the agent has none. The caller must call release.
-func (p *Proxy) acquire(agentName string) *Upstream {
+// It takes the name as a string (the handler) or as bytes (the Frontend,
+// whose lookup then allocates nothing).
+func acquire[S string | []byte](p *Proxy, agentName S) *Upstream {
 	for {
-		u := p.Lookup(agentName)
+		u := (*p.routes.Load())[string(agentName)]
 		if u == nil {
 			return nil
 		}
@@ -408,7 +410,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if name == "" {
 		name = nameFromPath(r.URL)
 	}
-	u := p.acquire(name)
+	u := acquire(p, name)
 	if u == nil {
 		writeError(w, http.StatusNotFound, string(berth.CodeNotFound), "agent "+strconv.Quote(name)+" not found")
 		return

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -82,9 +83,36 @@ func serveMux(t *testing.T, p *Proxy) string {
 	t.Helper()
 	mux := http.NewServeMux()
 	p.Mount(mux)
-	front := httptest.NewServer(mux)
-	t.Cleanup(front.Close)
-	return front.URL
+	if !viaFrontend {
+		front := httptest.NewServer(mux)
+		t.Cleanup(front.Close)
+		return front.URL
+	}
+	return serveFrontend(t, p, mux, FrontendOptions{})
+}
+
+// serveFrontend serves p's Frontend, handing other connections to an
+// http.Server with handler, as berth serve does, and returns its base URL.
+func serveFrontend(t *testing.T, p *Proxy, handler http.Handler, opts FrontendOptions) string {
+	t.Helper()
+	return "http://" + startFrontend(t, p, handler, opts).addr
+}
+
+// viaFrontend makes serveMux serve through the Frontend; TestMain runs
+// the package's tests once each way.
+var viaFrontend bool
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		// The same tests again with connections read by the Frontend,
+		// as berth serve does: its byte-level fast path must behave
+		// like the handler.
+		fmt.Println("=== proxy tests again, through the Frontend")
+		viaFrontend = true
+		code = m.Run()
+	}
+	os.Exit(code)
 }
 
 // serveBare serves p as the whole handler, so no path values are set.

@@ -178,16 +178,27 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(janitorDone)
 		s.engine.Run(jctx)
 	}()
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	// Proxied requests are read by the proxy's own front end; it hands
+	// every other connection (the API, anything unusual) to hs.
+	front := proxy.NewFrontend(s.proxy, ln, proxy.FrontendOptions{
+		ReadHeaderTimeout: hs.ReadHeaderTimeout,
+		IdleTimeout:       hs.IdleTimeout,
+	})
+	errc := make(chan error, 2)
+	go func() { errc <- hs.Serve(front.Fallback()) }()
+	go func() { errc <- front.Serve() }()
 	s.log.Info("berth serving", "addr", ln.Addr().String(), "data_dir", s.cfg.DataDir, "version", Version)
 	var err error
 	select {
 	case err = <-errc:
+		front.Close()
+		hs.Close()
 	case <-ctx.Done():
 		s.log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-		err = hs.Shutdown(sctx)
+		ferr := make(chan error, 1)
+		go func() { ferr <- front.Shutdown(sctx) }()
+		err = errors.Join(hs.Shutdown(sctx), <-ferr)
 		cancel()
 	}
 	stopJanitor()
