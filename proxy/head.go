@@ -575,17 +575,17 @@ type chunkScanner struct {
 }
 
 const (
-	csSize      = iota // reading the chunk-size hex digits
-	csExt              // skipping a chunk extension up to CR
-	csSizeLF           // expecting LF after the size line's CR
-	csData             // copying chunk data
-	csDataCR           // expecting CR after chunk data
-	csDataLF           // expecting LF after chunk data
-	csLineStart        // at the start of a trailer line (or the final CRLF)
-	csTrailerName      // inside a trailer field name
-	csTrailer          // inside a trailer field value
-	csTrailerLF        // expecting LF after a trailer line's CR
-	csEndLF            // expecting the final LF
+	csSize        = iota // reading the chunk-size hex digits
+	csExt                // skipping a chunk extension up to CR
+	csSizeLF             // expecting LF after the size line's CR
+	csData               // copying chunk data
+	csDataCR             // expecting CR after chunk data
+	csDataLF             // expecting LF after chunk data
+	csLineStart          // at the start of a trailer line (or the final CRLF)
+	csTrailerName        // inside a trailer field name
+	csTrailer            // inside a trailer field value
+	csTrailerLF          // expecting LF after a trailer line's CR
+	csEndLF              // expecting the final LF
 	csDone
 )
 
