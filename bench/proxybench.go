@@ -76,26 +76,33 @@ func runProxy(args []string) error {
 		return err
 	}
 	defer backend.stop()
-	bp := []string{"_berthproxy", "-upstream", "http://" + backend.addr}
+	// Berth is measured with Go's default GOMAXPROCS (every CPU, as berth
+	// serve runs) and, like nginx's one worker, on one P; -gomaxprocs N
+	// measures only N.
+	variants := []struct{ name, procs string }{{"berth", ""}, {"berth-1p", "1"}}
 	if *procs > 0 {
-		bp = append(bp, "-gomaxprocs", strconv.Itoa(*procs))
+		variants = variants[:1]
+		variants[0].procs = strconv.Itoa(*procs)
 	}
-	if *cpuprofile != "" {
-		abs, err := filepath.Abs(*cpuprofile)
+	targets := []proxyTarget{{name: "direct", url: "http://" + backend.addr + "/"}}
+	for i, v := range variants {
+		bp := []string{"_berthproxy", "-upstream", "http://" + backend.addr}
+		if v.procs != "" {
+			bp = append(bp, "-gomaxprocs", v.procs)
+		}
+		if *cpuprofile != "" && i == 0 {
+			abs, err := filepath.Abs(*cpuprofile)
+			if err != nil {
+				return err
+			}
+			bp = append(bp, "-cpuprofile", abs)
+		}
+		berth, err := startChild(nil, bp...)
 		if err != nil {
 			return err
 		}
-		bp = append(bp, "-cpuprofile", abs)
-	}
-	berth, err := startChild(nil, bp...)
-	if err != nil {
-		return err
-	}
-	defer berth.stop()
-
-	targets := []proxyTarget{
-		{name: "direct", url: "http://" + backend.addr + "/"},
-		{name: "berth", url: "http://" + berth.addr + "/agents/b/", pid: berth.cmd.Process.Pid},
+		defer berth.stop()
+		targets = append(targets, proxyTarget{name: v.name, url: "http://" + berth.addr + "/agents/b/", pid: berth.cmd.Process.Pid})
 	}
 	if nginx != "" {
 		dir, err := e.subdir("nginx")
@@ -119,11 +126,11 @@ func runProxy(args []string) error {
 	if wrkErr != nil {
 		gen = fmt.Sprintf("Go load generator, %d connections, %s", *conns, *dur)
 	}
-	procsNote := "GOMAXPROCS default"
+	procsNote := "berth: GOMAXPROCS default (all CPUs), berth-1p: GOMAXPROCS=1"
 	if *procs > 0 {
 		procsNote = fmt.Sprintf("GOMAXPROCS=%d", *procs)
 	}
-	fmt.Fprintf(e.out, "# backend: Go net/http answering %d bytes; Berth: proxy.Proxy on its own http.Server (%s); nginx: 1 worker, upstream keepalive 64\n",
+	fmt.Fprintf(e.out, "# backend: Go net/http answering %d bytes; Berth: proxy.Proxy behind its Frontend, as berth serve runs it (%s); nginx: 1 worker, upstream keepalive 64\n",
 		len(backendBody), procsNote)
 	fmt.Fprintf(e.out, "# load: %s, %s warm-up before each run, %d rounds; all on 127.0.0.1\n", gen, *warm, *rounds)
 
@@ -192,16 +199,19 @@ func runProxy(args []string) error {
 	rps := func(r loadResult) float64 { return r.RPS }
 	p99 := func(r loadResult) float64 { return float64(r.Lat.P99) }
 	p50 := func(r loadResult) float64 { return float64(r.Lat.P50) }
-	berthDirect := perRound("berth", "direct", rps)
-	fmt.Fprintf(e.out, "throughput berth/direct: %.3f\n", berthDirect)
-	if nginx != "" {
+	for _, v := range variants {
+		berthDirect := perRound(v.name, "direct", rps)
+		fmt.Fprintf(e.out, "throughput %s/direct: %.3f\n", v.name, berthDirect)
+		if nginx == "" {
+			continue
+		}
 		nginxDirect := perRound("nginx", "direct", rps)
-		p99Ratio := perRound("berth", "nginx", p99)
+		p99Ratio := perRound(v.name, "nginx", p99)
 		fmt.Fprintf(e.out, "throughput nginx/direct: %.3f\n", nginxDirect)
-		fmt.Fprintf(e.out, "throughput berth/nginx: %.3f\n", perRound("berth", "nginx", rps))
-		fmt.Fprintf(e.out, "latency berth/nginx: p50 %.3f, p99 %.3f\n", perRound("berth", "nginx", p50), p99Ratio)
-		fmt.Fprintf(e.out, "target berth/direct >= nginx/direct: %s; target berth p99 <= 1.2x nginx p99: %s\n",
-			verdict(berthDirect >= nginxDirect), verdict(p99Ratio <= 1.2))
+		fmt.Fprintf(e.out, "throughput %s/nginx: %.3f\n", v.name, perRound(v.name, "nginx", rps))
+		fmt.Fprintf(e.out, "latency %s/nginx: p50 %.3f, p99 %.3f\n", v.name, perRound(v.name, "nginx", p50), p99Ratio)
+		fmt.Fprintf(e.out, "target %s/direct >= nginx/direct: %s; target %s p99 <= 1.2x nginx p99: %s\n",
+			v.name, verdict(berthDirect >= nginxDirect), v.name, verdict(p99Ratio <= 1.2))
 	}
 	if *cpuprofile != "" {
 		fmt.Fprintf(e.out, "# CPU profile of Berth's proxy: %s (go tool pprof -top %s)\n", *cpuprofile, *cpuprofile)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -86,9 +87,34 @@ func BenchmarkDirect(b *testing.B) {
 	runBench(b, backend.URL+"/a2a/message?x=1")
 }
 
-// BenchmarkProxy is the same load through the proxy, mounted on a ServeMux
-// as Berth serves it.
+// BenchmarkProxy is the same load through the proxy's handler, mounted on
+// a ServeMux behind a plain http.Server (the path of requests the Frontend
+// hands over).
 func BenchmarkProxy(b *testing.B) { benchProxy(b, false) }
+
+// BenchmarkFrontend is the same load through the Frontend, as berth serve
+// runs the proxy.
+func BenchmarkFrontend(b *testing.B) {
+	backend := newBenchBackend(b)
+	p := New(Options{})
+	b.Cleanup(p.CloseIdleConnections)
+	p.Set("bench", backend.URL)
+	mux := http.NewServeMux()
+	p.Mount(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	front := NewFrontend(p, ln, FrontendOptions{})
+	hs := &http.Server{Handler: mux}
+	go func() { _ = hs.Serve(front.Fallback()) }()
+	go func() { _ = front.Serve() }()
+	b.Cleanup(func() {
+		front.Close()
+		hs.Close()
+	})
+	runBench(b, "http://"+ln.Addr().String()+"/agents/bench/a2a/message?x=1")
+}
 
 // BenchmarkProxyTransport is BenchmarkProxy with the in-handler fast path
 // switched off, so every request goes through http.Transport as unusual

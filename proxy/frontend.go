@@ -253,6 +253,12 @@ func (fc *frontConn) nextRequest() (int, outcome) {
 	if err := fc.c.SetReadDeadline(time.Now().Add(fc.f.opts.IdleTimeout)); err != nil {
 		return 0, closeConn
 	}
+	// Shutdown claims an idle connection before it sets a past deadline:
+	// if it claimed this one before the deadline above was set, that past
+	// deadline may have been overwritten, so look again.
+	if fc.state.Load() != stateIdle {
+		return 0, closeConn
+	}
 	active, searched := false, 0
 	for {
 		if fc.w > fc.r {
@@ -356,6 +362,12 @@ func (fc *frontConn) serveRequest(n int) outcome {
 	c, err := fc.send(u, out, bodyLeft, rh)
 	*outp = out
 	if err != nil {
+		if bodyLeft > 0 && !rh.close && c == nil {
+			// Whether or not part of the body was read, the rest
+			// is still on the client's connection, where it would
+			// be taken for the next request.
+			rh.close = true
+		}
 		if errors.Is(err, errClientGone) {
 			return closeConn
 		}

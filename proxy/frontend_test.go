@@ -342,6 +342,20 @@ func TestFrontendUpstreamRefusedKeepsClientConnection(t *testing.T) {
 	if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"id":"good"`)) {
 		t.Errorf("next request on the same connection: %d %q, want 200 from good", res.StatusCode, body)
 	}
+
+	// A body still on its way when the upstream fails must not be read
+	// as the next request: the connection closes after the 502.
+	p.Set("a", dead)
+	conn, br = ft.dial(t)
+	_, _ = io.WriteString(conn, "POST /agents/a/ HTTP/1.1\r\nHost: h\r\nContent-Length: 40\r\n\r\n")
+	res, _ = readResponse(t, br, "POST")
+	if res.StatusCode != http.StatusBadGateway || !res.Close {
+		t.Errorf("refused upstream with the body unsent: %d close=%v, want 502 and Connection: close", res.StatusCode, res.Close)
+	}
+	_, _ = io.WriteString(conn, "GET /agents/a/smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
+	if n, err := br.Read(make([]byte, 1)); err == nil {
+		t.Errorf("read %d bytes after the 502, want the connection closed", n)
+	}
 }
 
 func TestFrontendClientGoneCancelsUpstream(t *testing.T) {
