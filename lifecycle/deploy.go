@@ -279,6 +279,9 @@ func (e *Engine) rollout(ctx context.Context, actor berth.User, a berth.Agent, v
 		}
 		if err := e.store.UpdateBuild(context.WithoutCancel(ctx), b); err != nil {
 			e.log.Error("record build", "build", b.ID, "err", err)
+			if isCode(err, berth.CodeUnavailable) {
+				e.recordLater("record build "+b.ID, func(ctx context.Context) error { return e.store.UpdateBuild(ctx, b) })
+			}
 		}
 		err = e.commitFailure(ctx, c, op, err)
 		e.log.Warn("deploy failed; current version keeps serving", "actor", actor.Username, "agent", a.Name,
@@ -315,7 +318,7 @@ func (e *Engine) rollout(ctx context.Context, actor berth.User, a berth.Agent, v
 	inst, err := e.rt.Start(ctx, e.spec(a, v, d.ID))
 	if err != nil {
 		d.Error = berth.ErrorMessage(err)
-		return fail(&berth.Error{Code: berth.CodeDeployFailed,
+		return fail(&berth.Error{Code: startFailureCode(err, berth.CodeDeployFailed),
 			Message: "version " + v.Version + " failed to start; " + currentNote(a) + ": " + berth.ErrorMessage(err), Err: err})
 	}
 	d.URL = inst.URL
@@ -354,8 +357,10 @@ func (e *Engine) rollout(ctx context.Context, actor berth.User, a berth.Agent, v
 		c.Deployments = append(c.Deployments, x)
 	}
 	if err := e.store.Commit(ctx, c); err != nil {
+		// Traffic has not moved: stop what would otherwise run unrecorded.
 		_ = e.rt.Stop(ctx, d.ID)
-		return fail(err)
+		return fail(&berth.Error{Code: berth.ErrorCode(err),
+			Message: "version " + v.Version + " started but could not be made active; " + currentNote(a) + ": " + berth.ErrorMessage(err), Err: err})
 	}
 	drain := e.router.Route(a.Name, inst.URL)
 	e.log.Info("deployed", "actor", actor.Username, "agent", a.Name, "version", v.Version, "previous", a.ActiveVersion,
@@ -378,6 +383,17 @@ func (e *Engine) rollout(ctx context.Context, actor berth.User, a berth.Agent, v
 		e.goBG(stopRetired)
 	}
 	return res, nil
+}
+
+// startFailureCode is the code of an operation whose deployment could not
+// start with err: def (the version is at fault), except when the runtime
+// said it could not run anything right now (no free port, shutting down),
+// which stays CodeUnavailable so that the caller knows to retry later.
+func startFailureCode(err error, def berth.Code) berth.Code {
+	if isCode(err, berth.CodeUnavailable) {
+		return berth.CodeUnavailable
+	}
+	return def
 }
 
 func currentNote(a berth.Agent) string {

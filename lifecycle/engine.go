@@ -232,22 +232,76 @@ func (e *Engine) finish(op *berth.Operation, result any, err error) {
 
 // commitFailure records a failed operation and the given state changes,
 // releasing the agent's guard, and returns cause naming the operation. It
-// never gives up silently: a store error is logged, and the lease expiry
-// frees the agent anyway.
+// never gives up silently: a store error is logged; a store that is only
+// unavailable for now (its database locked by another process, a failover)
+// gets the record later, from the background (see recordLater); otherwise
+// the lease expiry frees the agent.
 func (e *Engine) commitFailure(ctx context.Context, c berth.Commit, op *berth.Operation, cause error) error {
 	e.finish(op, nil, cause)
+	// The commit owns a copy: a record retried later must not see the
+	// caller's operation change.
+	rec := *op
 	c.AgentID = op.AgentID
-	c.Operation = op
+	c.Operation = &rec
 	c.SetActive = nil
 	if err := e.store.Commit(context.WithoutCancel(ctx), c); err != nil {
-		e.log.Error("record failed operation", "operation", op.ID, "agent", op.AgentID, "err", err)
-		// Try once more with the operation alone so the guard is released.
-		if err := e.store.Commit(context.WithoutCancel(ctx), berth.Commit{AgentID: op.AgentID, Operation: op}); err != nil {
-			e.log.Error("release operation guard", "operation", op.ID, "err", err)
+		if isCode(err, berth.CodeUnavailable) {
+			e.log.Warn("cannot record failed operation now; retrying in the background", "operation", op.ID, "agent", op.AgentID, "err", err)
+			e.recordLater("record failed operation "+op.ID, func(ctx context.Context) error { return e.store.Commit(ctx, c) })
+		} else {
+			e.log.Error("record failed operation", "operation", op.ID, "agent", op.AgentID, "err", err)
+			// Try once more with the operation alone so the guard is released.
+			if err := e.store.Commit(context.WithoutCancel(ctx), berth.Commit{AgentID: op.AgentID, Operation: &rec}); err != nil {
+				e.log.Error("release operation guard", "operation", op.ID, "err", err)
+			}
 		}
 	}
 	// The caller gets the caller-safe message; the audit trail keeps the cause.
 	return &berth.Error{Code: op.ErrorCode, Message: berth.ErrorMessage(cause), OperationID: op.ID, Err: cause}
+}
+
+// Bounds of recordLater's pause between attempts.
+const (
+	recordRetryFirst = 50 * time.Millisecond
+	recordRetryMax   = time.Second
+)
+
+// recordLater retries write, which just failed with CodeUnavailable, in the
+// background until the store takes it. Without it, an operation that
+// failed while the database was locked would stay "running" and hold its
+// agent's guard until its lease ran out, refusing every operation on the
+// agent long after the lock was gone. It gives up when write fails
+// otherwise (say, the guard was taken over: the write is fenced), when a
+// lease has passed (the janitor then closes the operation) or when the
+// engine closes (the next start's reconciler does).
+func (e *Engine) recordLater(what string, write func(context.Context) error) {
+	deadline := time.Now().Add(e.cfg.Lease)
+	e.goBG(func(bg context.Context) {
+		delay := recordRetryFirst
+		for attempt := 1; ; attempt++ {
+			t := time.NewTimer(delay)
+			select {
+			case <-bg.Done():
+				t.Stop()
+				e.log.Warn("not recorded: the server is stopping", "what", what)
+				return
+			case <-t.C:
+			}
+			err := write(bg)
+			switch {
+			case err == nil:
+				e.log.Info("recorded once the store was available again", "what", what, "attempts", attempt)
+				return
+			case !isCode(err, berth.CodeUnavailable):
+				e.log.Error("not recorded", "what", what, "err", err)
+				return
+			case time.Now().After(deadline):
+				e.log.Error("not recorded: the store stayed unavailable", "what", what, "err", err)
+				return
+			}
+			delay = min(2*delay, recordRetryMax)
+		}
+	})
 }
 
 // releaseOnPanic, deferred by every operation, records a panicking

@@ -207,6 +207,8 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 	target.URL = url
 	c := RollbackCommit(RollbackPlan{From: from, To: to, Target: target, Cleaned: cleaned}, ds, info, now, now.Add(e.cfg.Grace), *op)
 	if err := e.store.Commit(ctx, c); err != nil {
+		err = &berth.Error{Code: berth.ErrorCode(err),
+			Message: "rollback to " + to.Version + " could not be committed; " + from.Version + " keeps serving: " + berth.ErrorMessage(err), Err: err}
 		// Traffic has not moved. A target we started just for this would
 		// otherwise run unrecorded.
 		if !res.Warm {
@@ -264,7 +266,8 @@ func (e *Engine) readyTarget(ctx context.Context, a berth.Agent, to berth.Versio
 	if err != nil {
 		d.Status, d.Error, d.UpdatedAt = berth.DeploymentFailed, berth.ErrorMessage(err), e.now()
 		if !isCode(err, berth.CodeTargetUnhealthy) {
-			err = &berth.Error{Code: berth.CodeTargetUnhealthy, Message: "target version " + to.Version + " could not start: " + berth.ErrorMessage(err), Err: err}
+			err = &berth.Error{Code: startFailureCode(err, berth.CodeTargetUnhealthy),
+				Message: "target version " + to.Version + " could not start; the current version keeps serving: " + berth.ErrorMessage(err), Err: err}
 		} else {
 			err = &berth.Error{Code: berth.CodeTargetUnhealthy, Message: "target version " + to.Version + " failed its health check; the current version keeps serving: " + berth.ErrorMessage(err), Err: err}
 		}

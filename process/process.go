@@ -108,6 +108,10 @@ type Runtime struct {
 	log    *slog.Logger
 	client *http.Client
 
+	// listen opens the probe listeners that pick ports (net.Listen; tests
+	// replace it to run out of ports).
+	listen func(network, address string) (net.Listener, error)
+
 	mu     sync.Mutex
 	deps   map[string]*deployment
 	ports  map[int]string // ports held by live deployments, also across restarts
@@ -192,8 +196,9 @@ func New(opts Options) (*Runtime, error) {
 			// elsewhere is not followed and so does not count.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		deps:  make(map[string]*deployment),
-		ports: make(map[int]string),
+		listen: net.Listen,
+		deps:   make(map[string]*deployment),
+		ports:  make(map[int]string),
 	}
 	r.killStale()
 	return r, nil
@@ -224,6 +229,14 @@ func (r *Runtime) runPath(id string) string { return filepath.Join(r.opts.RunDir
 // cannot be run at all is CodeDeployFailed, as is a start canceled by ctx
 // or by Stop. Starting an id that is already live is CodeConflict. A failed
 // Start leaves nothing running (its log and run directory stay).
+//
+// The port is chosen before the child binds it, so another process on the
+// host can take it in between. Where the runtime can see who listens (on
+// Linux, through /proc) a health answer counts only if it comes from the
+// deployment's own processes: a port found taken by another process is
+// given up and the start tried again on a fresh port, up to 3 ports in all
+// within the ready timeout. No free port at all, or every port tried being
+// taken, is CodeUnavailable: the host, not the version, is at fault.
 func (r *Runtime) Start(ctx context.Context, spec berth.DeploymentSpec) (berth.Instance, error) {
 	d, err := r.prepare(spec)
 	if err != nil {
@@ -294,9 +307,24 @@ func (r *Runtime) register(d *deployment) error {
 	if _, ok := r.deps[d.id]; ok {
 		return berth.Errorf(berth.CodeConflict, "deployment %s is already running", d.id)
 	}
+	if err := r.assignPort(d); err != nil {
+		return err
+	}
+	r.deps[d.id] = d
+	return nil
+}
+
+// assignPort gives d a free port (releasing the one it had, if any) and
+// sets its URLs. r.mu must be held.
+func (r *Runtime) assignPort(d *deployment) error {
 	port, err := r.freePort()
 	if err != nil {
-		return &berth.Error{Code: berth.CodeUnavailable, Message: "no free local port", Err: err}
+		return &berth.Error{Code: berth.CodeUnavailable,
+			Message: fmt.Sprintf("no free port on 127.0.0.1 for deployment %s: the host is out of ports or file descriptors", d.id),
+			Err:     err}
+	}
+	if d.port != 0 && r.ports[d.port] == d.id {
+		delete(r.ports, d.port)
 	}
 	d.port = port
 	d.url = "http://127.0.0.1:" + strconv.Itoa(port)
@@ -308,9 +336,15 @@ func (r *Runtime) register(d *deployment) error {
 		hp = "/" + hp
 	}
 	d.healthURL = d.url + hp
-	r.deps[d.id] = d
 	r.ports[port] = d.id
 	return nil
+}
+
+// movePort gives d a fresh port after another process took its own.
+func (r *Runtime) movePort(d *deployment) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.assignPort(d)
 }
 
 // freePort asks the kernel for a free loopback port, skipping ports our own
@@ -319,7 +353,7 @@ func (r *Runtime) register(d *deployment) error {
 // child that loses that race exits and fails its start).
 func (r *Runtime) freePort() (int, error) {
 	for range 32 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := r.listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return 0, err
 		}
@@ -332,18 +366,13 @@ func (r *Runtime) freePort() (int, error) {
 	return 0, errors.New("kernel kept offering ports in use by other deployments")
 }
 
-// start runs d's first process and waits for it to become healthy.
+// start runs d's first process and waits for it to become healthy, moving
+// to a fresh port when another process took d's (see Start).
 func (r *Runtime) start(ctx context.Context, d *deployment) (berth.Instance, error) {
 	if err := os.MkdirAll(d.runDir, 0o700); err != nil {
 		return berth.Instance{}, &berth.Error{Code: berth.CodeInternal, Message: "cannot create run directory", Err: err}
 	}
-	d.env = childEnv(d.runDir, d.spec.Config.Env, map[string]string{
-		"PORT":                strconv.Itoa(d.port),
-		"BERTH_AGENT_ID":      d.spec.AgentID,
-		"BERTH_AGENT_NAME":    d.spec.AgentName,
-		"BERTH_AGENT_VERSION": d.spec.Version,
-		"BERTH_DEPLOYMENT_ID": d.id,
-	})
+	r.setEnv(d)
 	path, err := resolveCommand(d.argv[0], d.dir, envValue(d.env, "PATH"))
 	if err != nil {
 		d.sink.Notef("cannot run %q: %s", d.argv[0], reason(err))
@@ -351,12 +380,33 @@ func (r *Runtime) start(ctx context.Context, d *deployment) (berth.Instance, err
 	}
 	d.path = path
 
-	p, err := r.spawn(d, 0)
-	if err != nil {
-		return berth.Instance{}, err
-	}
-	if err := r.waitReady(ctx, d, p); err != nil {
+	// One ready timeout bounds the whole start, however many ports it takes.
+	deadline := time.Now().Add(d.readyTimeout)
+	var tried []int
+	var p *proc
+	for {
+		p, err = r.spawn(d, 0)
+		if err != nil {
+			return berth.Instance{}, err
+		}
+		err = r.waitReady(ctx, d, p, deadline)
+		if err == nil {
+			break
+		}
 		p.kill()
+		tried = append(tried, d.port)
+		if errors.Is(err, errPortTaken) {
+			if len(tried) == maxPortAttempts {
+				err = portsTakenError(d, tried)
+			} else if time.Now().Before(deadline) {
+				d.sink.Notef("%s; trying another port", berth.ErrorMessage(err))
+				d.log.Warn("deployment port taken by another process; trying another port", "port", d.port)
+				if err = r.movePort(d); err == nil {
+					r.setEnv(d)
+					continue
+				}
+			}
+		}
 		d.sink.Notef("start failed: %s", berth.ErrorMessage(err))
 		d.log.Warn("deployment failed to start", "err", err)
 		return berth.Instance{}, err
@@ -368,6 +418,17 @@ func (r *Runtime) start(ctx context.Context, d *deployment) (berth.Instance, err
 	d.log.Info("deployment running", "url", d.url, "pid", p.pid)
 	go r.supervise(d, p)
 	return berth.Instance{URL: d.url}, nil
+}
+
+// setEnv sets d's child environment for its current port.
+func (r *Runtime) setEnv(d *deployment) {
+	d.env = childEnv(d.runDir, d.spec.Config.Env, map[string]string{
+		"PORT":                strconv.Itoa(d.port),
+		"BERTH_AGENT_ID":      d.spec.AgentID,
+		"BERTH_AGENT_NAME":    d.spec.AgentName,
+		"BERTH_AGENT_VERSION": d.spec.Version,
+		"BERTH_DEPLOYMENT_ID": d.id,
+	})
 }
 
 // spawn starts one process for d; attempt counts restarts, for the log.
@@ -382,11 +443,12 @@ func (r *Runtime) spawn(d *deployment, attempt int) (*proc, error) {
 	return p, nil
 }
 
-// waitReady polls d's health URL until it answers 2xx. It gives up at once
-// when p exits, Stop is called or ctx ends, and otherwise after d's ready
-// timeout.
-func (r *Runtime) waitReady(ctx context.Context, d *deployment, p *proc) error {
-	actx, cancel := context.WithTimeout(ctx, d.readyTimeout)
+// waitReady polls d's health URL until it answers 2xx from p's processes.
+// It gives up at once when p exits, Stop is called, ctx ends or another
+// process is found listening on d's port (an error wrapping errPortTaken),
+// and otherwise at deadline.
+func (r *Runtime) waitReady(ctx context.Context, d *deployment, p *proc, deadline time.Time) error {
+	actx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	// An exit or a Stop must interrupt a health request in flight, not only
 	// the pause between requests.
@@ -406,6 +468,11 @@ func (r *Runtime) waitReady(ctx context.Context, d *deployment, p *proc) error {
 	var lastErr error
 	for {
 		if lastErr = r.check(actx, d.healthURL); lastErr == nil {
+			// The answer may have come from whoever took the port before
+			// the agent could bind it: traffic must never go there.
+			if r.whoListens(d, p.pid) == holderOther {
+				return portTakenError(d, "")
+			}
 			return nil
 		}
 		if actx.Err() != nil {
@@ -427,12 +494,21 @@ func (r *Runtime) waitReady(ctx context.Context, d *deployment, p *proc) error {
 	switch {
 	case p.hasExited():
 		p.reap()
+		// An agent that cannot bind its port usually exits: say why when
+		// another process holds that port.
+		if r.whoListens(d, p.pid) == holderOther {
+			return portTakenError(d, describeOutput(p.tail))
+		}
 		return berth.Errorf(berth.CodeTargetUnhealthy, "deployment %s exited before becoming healthy (%s)%s",
 			d.id, p.exitStatus(), describeOutput(p.tail))
 	case isClosed(d.stop):
 		return berth.Errorf(berth.CodeDeployFailed, "deployment %s was stopped before it became healthy", d.id)
 	case ctx.Err() != nil:
 		return &berth.Error{Code: berth.CodeDeployFailed, Message: fmt.Sprintf("start of deployment %s was canceled", d.id), Err: ctx.Err()}
+	case r.whoListens(d, p.pid) == holderOther:
+		// An agent that keeps retrying its bind never exits, and a
+		// process that took the port may not speak HTTP.
+		return portTakenError(d, describeOutput(p.tail))
 	default:
 		e := berth.Errorf(berth.CodeTargetUnhealthy, "deployment %s did not become healthy within %s (GET %s: %s)%s",
 			d.id, d.readyTimeout, d.healthURL, berth.HealthReason(lastErr), describeOutput(p.tail))

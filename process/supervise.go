@@ -76,7 +76,7 @@ func (r *Runtime) restart(d *deployment, restarts int) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := r.waitReady(context.Background(), d, p); err != nil {
+	if err := r.waitReady(context.Background(), d, p, time.Now().Add(d.readyTimeout)); err != nil {
 		p.kill()
 		d.sink.Notef("restart failed: %s", berth.ErrorMessage(err))
 		return nil, err

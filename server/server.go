@@ -58,6 +58,10 @@ type Config struct {
 	// DatabaseURL selects PostgreSQL for metadata (postgres://…); empty
 	// means SQLite in DataDir.
 	DatabaseURL string
+	// SQLiteBusyTimeout bounds how long a write waits for a lock another
+	// process holds on the SQLite database before it fails with
+	// unavailable (503); zero means sqlite's default.
+	SQLiteBusyTimeout time.Duration
 	// Runtime selects how agents run: "process" (default) or "kubernetes".
 	Runtime string
 	// KubeNamespace is the namespace the Kubernetes runtime manages.

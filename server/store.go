@@ -16,5 +16,5 @@ func openStore(ctx context.Context, cfg Config) (berth.Store, error) {
 	if cfg.DatabaseURL != "" {
 		return postgres.Open(ctx, cfg.DatabaseURL)
 	}
-	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "berth.db"))
+	return sqlite.OpenOptions(ctx, filepath.Join(cfg.DataDir, "berth.db"), sqlite.Options{BusyTimeout: cfg.SQLiteBusyTimeout})
 }

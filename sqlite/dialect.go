@@ -31,7 +31,7 @@ func (dialect) ClassifyError(err error) (berth.Code, string, bool) {
 	case code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
 		return berth.CodeNotFound, "a record it refers to does not exist", true
 	case code&0xff == sqlite3.SQLITE_BUSY || code&0xff == sqlite3.SQLITE_LOCKED:
-		return berth.CodeUnavailable, "the database is busy", true
+		return berth.CodeUnavailable, "the database is busy (another process or connection holds its lock); try again", true
 	}
 	return "", "", false
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -40,6 +41,7 @@ func pragma(t *testing.T, ctx context.Context, q querier, name string) string {
 }
 
 func TestOpenSettings(t *testing.T) {
+	t.Setenv(BusyTimeoutEnv, "") // the default, whatever the environment says
 	ctx := t.Context()
 	s := openTest(t, filepath.Join(t.TempDir(), "berth.db"))
 	// synchronous 2 is FULL; busy_timeout is in milliseconds.
@@ -186,5 +188,134 @@ func TestTwoStoresOneFile(t *testing.T) {
 	err = s1.Commit(ctx, berth.Commit{AgentID: a.ID, SetActive: &v.ID, ExpectActive: ""})
 	if berth.ErrorCode(err) != berth.CodeConflict {
 		t.Errorf("s1.Commit(stale ExpectActive) = %v, want %q", err, berth.CodeConflict)
+	}
+}
+
+func TestBusyTimeoutSetting(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		env  string // BERTH_SQLITE_BUSY_TIMEOUT; "" = unset
+		want string // PRAGMA busy_timeout, in ms; "" = Open fails with CodeInvalid
+	}{
+		{"default", Options{}, "", "10000"},
+		{"option", Options{BusyTimeout: 250 * time.Millisecond}, "", "250"},
+		{"environment", Options{}, "1.5s", "1500"},
+		{"option wins", Options{BusyTimeout: time.Second}, "2s", "1000"},
+		{"bad environment", Options{}, "soon", ""},
+		{"zero environment", Options{}, "0s", ""},
+		{"negative option", Options{BusyTimeout: -time.Second}, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(BusyTimeoutEnv, tt.env)
+			s, err := OpenOptions(t.Context(), filepath.Join(t.TempDir(), "berth.db"), tt.opts)
+			if tt.want == "" {
+				if berth.ErrorCode(err) != berth.CodeInvalid {
+					t.Errorf("OpenOptions(%+v) with %s=%q = %v, want code %q", tt.opts, BusyTimeoutEnv, tt.env, err, berth.CodeInvalid)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("OpenOptions(%+v) with %s=%q = %v", tt.opts, BusyTimeoutEnv, tt.env, err)
+			}
+			defer s.Close()
+			for pool, db := range map[string]querier{"write": s.write, "read": s.read} {
+				if got := pragma(t, t.Context(), db, "busy_timeout"); got != tt.want {
+					t.Errorf("%s pool: PRAGMA busy_timeout = %s, want %s", pool, got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+// holdWriteLock takes the database's write lock on a connection of its own,
+// as another process would (BEGIN IMMEDIATE), and returns the function that
+// releases it.
+func holdWriteLock(t *testing.T, path string) (release func()) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_busy_timeout=5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := db.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(t.Context(), "BEGIN IMMEDIATE"); err != nil {
+		t.Fatalf("BEGIN IMMEDIATE = %v", err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			if _, err := conn.ExecContext(context.Background(), "ROLLBACK"); err != nil {
+				t.Errorf("ROLLBACK = %v", err)
+			}
+			conn.Close()
+			db.Close()
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// While another connection holds the write lock, writes wait the busy
+// timeout and then fail with CodeUnavailable, writing nothing; reads go on.
+// Once the lock is released the same write succeeds.
+func TestWriteLockedByAnotherProcess(t *testing.T) {
+	const busy = 200 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "berth.db")
+	s, err := OpenOptions(t.Context(), path, Options{BusyTimeout: busy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	u := berth.User{ID: "u1", Username: "u1", AccessKey: "AK1", CreatedAt: time.Now()}
+	if err := s.CreateUser(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	a := berth.Agent{ID: "a1", Name: "a1", OwnerID: u.ID, CreatedAt: time.Now(), UpdatedAt: time.Now()}
+	op := berth.Operation{ID: "op1", AgentID: a.ID, Kind: berth.OpUpdate, StartedAt: time.Now()}
+
+	release := holdWriteLock(t, path)
+	writes := []struct {
+		name string
+		do   func() error
+	}{
+		{"CreateAgent", func() error { return s.CreateAgent(ctx, a) }},
+		{"CreateUser", func() error {
+			return s.CreateUser(ctx, berth.User{ID: "u2", Username: "u2", AccessKey: "AK2", CreatedAt: time.Now()})
+		}},
+	}
+	for _, w := range writes {
+		start := time.Now()
+		err := w.do()
+		if got := berth.ErrorCode(err); got != berth.CodeUnavailable {
+			t.Errorf("%s while locked = %v (code %q), want code %q", w.name, err, got, berth.CodeUnavailable)
+		}
+		if msg := berth.ErrorMessage(err); !strings.Contains(msg, "the database is busy") {
+			t.Errorf("%s while locked: message %q, want it to say the database is busy", w.name, msg)
+		}
+		if d := time.Since(start); d < busy {
+			t.Errorf("%s failed after %v, before the busy timeout %v", w.name, d, busy)
+		}
+	}
+	// Reads go on (WAL) and see nothing of the failed writes.
+	if n, err := s.CountUsers(ctx); err != nil || n != 1 {
+		t.Errorf("CountUsers() while locked = %d, %v; want 1, nil", n, err)
+	}
+	if _, err := s.AgentByID(ctx, a.ID); berth.ErrorCode(err) != berth.CodeNotFound {
+		t.Errorf("AgentByID() while locked = %v, want %q", err, berth.CodeNotFound)
+	}
+
+	release()
+	for _, w := range writes {
+		if err := w.do(); err != nil {
+			t.Errorf("%s after the lock was released = %v", w.name, err)
+		}
+	}
+	if _, _, err := s.BeginOperation(ctx, op, time.Now().Add(time.Hour), time.Time{}); err != nil {
+		t.Errorf("BeginOperation() after the lock was released = %v", err)
 	}
 }

@@ -9,6 +9,12 @@
 // lock upgrades or spinning on SQLITE_BUSY; reads use a separate read-only
 // pool and never wait for writers.
 //
+// When another process holds the database's write lock (a second `berth`
+// on the same file by mistake, the sqlite3 shell in a transaction, a
+// migration tool), a write waits up to the busy timeout (Options.BusyTimeout,
+// or the BERTH_SQLITE_BUSY_TIMEOUT environment variable, default 10s) and
+// then fails with CodeUnavailable; reads go on meanwhile (WAL).
+//
 // The store's SQL and logic are package sqlstore's, shared with the
 // PostgreSQL store; what is SQLite's own lives here: the DSN and its
 // PRAGMAs, the migrations, driver error codes and the TEXT encoding of times
@@ -20,6 +26,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -30,10 +37,42 @@ import (
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 )
 
-// busyTimeout is how long a connection waits for a lock held by another
-// process (another `berth` on the same file, a backup tool) before failing.
-// Within this process writers queue on the single write connection instead.
-const busyTimeout = 10 * time.Second
+// DefaultBusyTimeout is how long a connection waits for a lock held by
+// another process (another `berth` on the same file, a backup tool) before
+// failing with CodeUnavailable. Within this process writers queue on the
+// single write connection instead.
+const DefaultBusyTimeout = 10 * time.Second
+
+// BusyTimeoutEnv is the environment variable that sets the busy timeout
+// (a Go duration such as "500ms" or "30s") when Options.BusyTimeout is zero.
+const BusyTimeoutEnv = "BERTH_SQLITE_BUSY_TIMEOUT"
+
+// Options tunes OpenOptions. The zero value gives Open's defaults.
+type Options struct {
+	// BusyTimeout bounds the wait for a lock another process holds; zero
+	// means $BERTH_SQLITE_BUSY_TIMEOUT if set, else DefaultBusyTimeout.
+	// SQLite counts it in milliseconds.
+	BusyTimeout time.Duration
+}
+
+// busyTimeout resolves o.BusyTimeout.
+func (o Options) busyTimeout() (time.Duration, error) {
+	if o.BusyTimeout < 0 {
+		return 0, berth.Errorf(berth.CodeInvalid, "sqlite: busy timeout %s is negative", o.BusyTimeout)
+	}
+	if o.BusyTimeout > 0 {
+		return max(o.BusyTimeout, time.Millisecond), nil
+	}
+	v, ok := os.LookupEnv(BusyTimeoutEnv)
+	if !ok || v == "" {
+		return DefaultBusyTimeout, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, berth.Errorf(berth.CodeInvalid, "sqlite: %s=%q is not a positive duration (such as 500ms or 30s)", BusyTimeoutEnv, v)
+	}
+	return max(d, time.Millisecond), nil
+}
 
 // Store is a berth.Store backed by one SQLite database file. It is safe for
 // concurrent use.
@@ -51,6 +90,15 @@ var _ berth.Store = (*Store)(nil)
 // migrations that have not been applied yet. path must name a file (an
 // in-memory database cannot be shared by the read and write pools).
 func Open(ctx context.Context, path string) (*Store, error) {
+	return OpenOptions(ctx, path, Options{})
+}
+
+// OpenOptions is Open with options.
+func OpenOptions(ctx context.Context, path string, opts Options) (*Store, error) {
+	busy, err := opts.busyTimeout()
+	if err != nil {
+		return nil, err
+	}
 	if path == "" || path == ":memory:" {
 		return nil, berth.Errorf(berth.CodeInvalid, "sqlite: a database file path is required")
 	}
@@ -59,7 +107,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, &berth.Error{Code: berth.CodeInvalid, Message: fmt.Sprintf("sqlite: bad database path %q", path), Err: err}
 	}
 
-	write, err := sql.Open("sqlite", dsn(abs, false))
+	write, err := sql.Open("sqlite", dsn(abs, false, busy))
 	if err != nil {
 		return nil, dbErr(err, "open database")
 	}
@@ -91,7 +139,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
 	}
 
-	read, err := sql.Open("sqlite", dsn(abs, true))
+	read, err := sql.Open("sqlite", dsn(abs, true, busy))
 	if err != nil {
 		write.Close()
 		return nil, dbErr(err, "open database")
@@ -114,11 +162,11 @@ func isBusy(err error) bool {
 }
 
 // dsn returns the modernc.org/sqlite data source name for the database file
-// at the absolute path abs. The "file:" URI form keeps a path containing '?'
+// at the absolute path abs, whose connections wait up to busy for a lock. The "file:" URI form keeps a path containing '?'
 // or '#' intact; SQLite ignores the driver's "_" parameters.
-func dsn(abs string, readOnly bool) string {
+func dsn(abs string, readOnly bool, busy time.Duration) string {
 	q := url.Values{}
-	q.Set("_busy_timeout", strconv.FormatInt(busyTimeout.Milliseconds(), 10))
+	q.Set("_busy_timeout", strconv.FormatInt(busy.Milliseconds(), 10))
 	q.Set("_foreign_keys", "1")
 	// synchronous=FULL fsyncs the WAL on every commit: without it a power
 	// loss could undo an acknowledged active-version switch. It is set on

@@ -13,6 +13,7 @@ import (
 
 	"github.com/berthhq/berth/lifecycle"
 	"github.com/berthhq/berth/server"
+	"github.com/berthhq/berth/sqlite"
 )
 
 func envOr(key, def string) string {
@@ -86,6 +87,7 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", envDuration("BERTH_READ_HEADER_TIMEOUT", 10*time.Second), "time a client gets to send request headers (slow-client protection)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", envDuration("BERTH_SHUTDOWN_TIMEOUT", 30*time.Second), "time to drain requests on shutdown")
 	f.StringVar(&cfg.DatabaseURL, "database-url", envOr("BERTH_DATABASE_URL", ""), "PostgreSQL URL for metadata (default: SQLite in the data dir)")
+	f.DurationVar(&cfg.SQLiteBusyTimeout, "sqlite-busy-timeout", envDuration(sqlite.BusyTimeoutEnv, sqlite.DefaultBusyTimeout), "how long a write waits for a lock another process holds on the SQLite database before answering 503")
 	f.StringVar(&cfg.Runtime, "runtime", envOr("BERTH_RUNTIME", "process"), "how agents run: process or kubernetes")
 	f.StringVar(&cfg.KubeNamespace, "kube-namespace", envOr("BERTH_KUBE_NAMESPACE", "berth-agents"), "namespace the kubernetes runtime manages")
 	f.StringVar(&logLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error")

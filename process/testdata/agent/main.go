@@ -14,7 +14,9 @@
 // the same with code 1 if path exists; AGENT_EXIT_AFTER=duration exits with
 // status 1 after that long; AGENT_NO_LISTEN=1 never listens;
 // AGENT_UNHEALTHY=1 listens but fails its health checks; AGENT_IGNORE_TERM=1
-// ignores SIGTERM.
+// ignores SIGTERM; AGENT_PORT_GATE=dir, before listening, writes its port to
+// dir/port and waits until dir/go-$PORT exists (and removes it), so that a
+// test can take the port first.
 package main
 
 import (
@@ -58,6 +60,22 @@ func main() {
 			fmt.Println("agent exiting as asked")
 			os.Exit(1)
 		})
+	}
+	if dir := os.Getenv("AGENT_PORT_GATE"); dir != "" {
+		if err := os.WriteFile(dir+"/port.tmp", []byte(port), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, "port gate:", err)
+			os.Exit(2)
+		}
+		if err := os.Rename(dir+"/port.tmp", dir+"/port"); err != nil {
+			fmt.Fprintln(os.Stderr, "port gate:", err)
+			os.Exit(2)
+		}
+		for {
+			if err := os.Remove(dir + "/go-" + port); err == nil {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	if os.Getenv("AGENT_NO_LISTEN") != "" {
 		select {}
