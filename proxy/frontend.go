@@ -211,6 +211,9 @@ type frontConn struct {
 	rh    reqHead
 	rs    resHead
 	watch watcher
+	// up is the upstream the current request counts in flight on, until
+	// releaseUp.
+	up *Upstream
 	// upBroken marks the current request's upstream connection as not
 	// reusable (the request could not be written whole).
 	upBroken bool
@@ -342,7 +345,8 @@ func (fc *frontConn) serveRequest(n int) outcome {
 		}
 		return fc.handoff()
 	}
-	defer u.release()
+	fc.up = u
+	defer fc.releaseUp()
 
 	outp := outPool.Get().(*[]byte)
 	defer func() {
@@ -609,8 +613,17 @@ func (fc *frontConn) relay(u *Upstream, c *upConn, outp *[]byte) outcome {
 		_, _ = c.br.Discard(len(b))
 	}
 	*outp = out
+	if done && bodyErr == nil {
+		// The whole response is in out: the upstream is finished with
+		// before the client has it, so a Drain waiting on it does not
+		// wait on the client.
+		fc.finishUpstream(c, reuse)
+	}
 	if _, err := fc.c.Write(out); err != nil {
-		c.conn.Close()
+		if fc.up != nil {
+			// Still ours (not pooled by finishUpstream).
+			c.conn.Close()
+		}
 		return closeConn
 	}
 
@@ -658,21 +671,43 @@ func (fc *frontConn) relay(u *Upstream, c *upConn, outp *[]byte) outcome {
 		c.conn.Close()
 		return closeConn
 	}
-	if reuse && c.br.Buffered() == 0 {
-		u.pool.put(p.fast, c)
-	} else {
-		c.conn.Close()
-	}
+	fc.finishUpstream(c, reuse)
 	if closeClient {
 		return closeConn
 	}
 	return keepOpen
 }
 
+// finishUpstream ends the current request's use of its upstream: c goes
+// back to the pool when reuse allows and nothing unread is left on it
+// (else it is closed), and the request stops counting in flight. Calling
+// it again is harmless.
+func (fc *frontConn) finishUpstream(c *upConn, reuse bool) {
+	u := fc.up
+	if u == nil {
+		return
+	}
+	if reuse && c.br.Buffered() == 0 {
+		u.pool.put(fc.f.p.fast, c)
+	} else {
+		c.conn.Close()
+	}
+	fc.releaseUp()
+}
+
+// releaseUp stops counting the current request in flight on its upstream.
+func (fc *frontConn) releaseUp() {
+	if fc.up != nil {
+		fc.up.release()
+		fc.up = nil
+	}
+}
+
 // upstreamError answers a failed exchange with the upstream as the
 // handler does (see Proxy.upstreamError) and keeps the connection unless
 // the client asked to close it.
 func (fc *frontConn) upstreamError(u *Upstream, err error, outp *[]byte) outcome {
+	fc.releaseUp()
 	status, code, msg := http.StatusBadGateway, codeBadGateway, "agent "+strconv.Quote(u.agent)+" upstream is unavailable"
 	if isTimeout(err) {
 		status, code, msg = http.StatusGatewayTimeout, codeGatewayTimeout, "agent "+strconv.Quote(u.agent)+" upstream timed out"
