@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -61,7 +62,7 @@ func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, 
 	// answer, although the first rollback changed what the default target
 	// now is, and a refusal is an answer too.
 	if decideErr != nil && (req.IdempotencyKey == "" || req.DryRun) {
-		return RollbackResult{}, decideErr
+		return RollbackResult{}, e.refusal(ctx, a.ID, decideErr)
 	}
 	var cleaned []berth.Deployment
 	if req.CleanupFailed {
@@ -106,6 +107,25 @@ func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, 
 	defer stop()
 	// The caller may hang up; the rollback still finishes and is recorded.
 	return e.executeRollback(context.WithoutCancel(ctx), actor, a, &op, req, start)
+}
+
+// refusal is the answer to a rollback refused before taking the agent's
+// guard. "Nothing to roll back to" (or "no such version") while another
+// operation on the agent is still running, say its first upload, is a
+// verdict on a state about to change: the caller is told about that
+// operation instead, as a rollback that reached the guard would be.
+func (e *Engine) refusal(ctx context.Context, agentID string, decideErr error) error {
+	if !isCode(decideErr, berth.CodeNoRollbackTarget) && !isCode(decideErr, berth.CodeNotFound) {
+		return decideErr
+	}
+	ops, err := e.store.ListOperations(ctx, agentID, 1)
+	if err != nil || len(ops) == 0 || ops[0].Status != berth.OpRunning {
+		return decideErr
+	}
+	op := ops[0]
+	return &berth.Error{Code: berth.CodeOperationInProgress, OperationID: op.ID,
+		Message: fmt.Sprintf("%s operation %s is in progress on this agent; try again when it has finished (%s)",
+			op.Kind, op.ID, berth.ErrorMessage(decideErr)), Err: decideErr}
 }
 
 // decideRollback reads what the decision needs and chooses the target.

@@ -455,6 +455,28 @@ func TestRollbackWhileUpdating(t *testing.T) {
 	}
 }
 
+// A rollback while the agent's first upload is still starting gets 409
+// naming the upload, not "nothing to roll back to": the state is about to
+// change.
+func TestRollbackWhileFirstUploadRuns(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "")
+	slow := berthtest.EchoPackage(t, berthtest.PackageOptions{Name: "fresh", Version: "1.0.0", Run: []string{"sh", "-c", "sleep 3; exec ./echo-agent"}})
+	st, b := ts.uploadRaw(ts.Admin, slow, nil, "") // async
+	if st != http.StatusAccepted {
+		t.Fatalf("async upload = %d %s, want 202", st, b)
+	}
+	var up struct{ Data deployResult }
+	mustJSON(t, b, &up)
+	e := ts.rollbackErr(ts.Admin, "fresh", "", http.StatusConflict, "operation_in_progress")
+	if e.OperationID != up.Data.OperationID {
+		t.Errorf("409 names operation %q, want the upload's %q", e.OperationID, up.Data.OperationID)
+	}
+	// Once the upload has landed there really is nothing to roll back to.
+	waitFor(t, "upload to finish", 30*time.Second, func() bool { return ts.history(ts.Admin, "fresh").CurrentVersion == "1.0.0" })
+	ts.rollbackErr(ts.Admin, "fresh", "", http.StatusConflict, "no_rollback_target")
+}
+
 // A repeat with the same Idempotency-Key returns the first answer and does
 // nothing again.
 func TestRollbackIdempotencyKey(t *testing.T) {
