@@ -162,12 +162,24 @@ func Unpack(r io.ReaderAt, size int64, dir string, lim Limits) error {
 		os.RemoveAll(tmp)
 		return writeError(err)
 	}
+	// The rename must not reach the disk before what it names: after a
+	// power loss dir is complete or absent, never a folder of empty files.
+	if err := a.syncDirs(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return writeError(err)
+	}
 	if err := os.Rename(tmp, dir); err != nil {
 		os.RemoveAll(tmp)
 		if _, statErr := os.Lstat(dir); statErr == nil {
 			// Another Unpack to the same folder finished first.
 			return &berth.Error{Code: berth.CodeConflict, Message: fmt.Sprintf("unpack target %s already exists", dir), Err: err}
 		}
+		return writeError(err)
+	}
+	// And the rename itself, or a power loss could undo it after the
+	// version was recorded as unpacked.
+	if err := syncDir(filepath.Dir(dir)); err != nil {
+		os.RemoveAll(dir)
 		return writeError(err)
 	}
 	return nil
@@ -210,11 +222,37 @@ func (a *archive) extract(tmp string) error {
 			f.Close()
 			return writeError(err)
 		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return writeError(err)
+		}
 		if err := f.Close(); err != nil {
 			return writeError(err)
 		}
 		return nil
 	})
+}
+
+// syncDirs fsyncs the directories extract created under tmp, deepest
+// first, then tmp itself, so their entries are on disk before tmp is
+// renamed into place.
+func (a *archive) syncDirs(tmp string) error {
+	for i := len(a.dirs) - 1; i >= 0; i-- {
+		if err := syncDir(filepath.Join(tmp, filepath.FromSlash(a.dirs[i]))); err != nil {
+			return err
+		}
+	}
+	return syncDir(tmp)
+}
+
+// syncDir fsyncs the directory at path.
+func syncDir(path string) error {
+	d, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // ZipToTarGz writes the files of the package in the size bytes of r, with
