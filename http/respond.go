@@ -85,7 +85,13 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &be) {
 		body.OperationID = be.OperationID
 	}
-	if status >= 500 {
+	switch {
+	case code == berth.CodeUnavailable || code == berth.CodeInsufficientStorage:
+		// Conditions of the environment (a locked database, a full disk,
+		// no free port) that clear up by themselves: worth a warning,
+		// not an error page for a bug.
+		s.log.Warn("request refused for now", "method", r.Method, "path", r.URL.Path, "code", code, "err", err)
+	case status >= 500:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "code", code, "err", err)
 	}
 	body.Detail = body.Message
