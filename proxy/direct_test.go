@@ -186,31 +186,35 @@ func TestFastPathSetClosesOldUpstreamIdleConns(t *testing.T) {
 	}
 }
 
-func TestFastPathResponseFraming(t *testing.T) {
-	// raw answers each request with a fixed byte string and closes.
-	raw := func(resp string) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				conn, err := ln.Accept()
-				if err != nil {
+// cannedUpstream starts an upstream that answers one request per connection
+// with the bytes resp, then closes the connection, and returns its URL.
+func cannedUpstream(t *testing.T, resp string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
 					return
 				}
-				go func() {
-					defer conn.Close()
-					if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
-						return
-					}
-					_, _ = io.WriteString(conn, resp)
-				}()
-			}
-		}()
-		return "http://" + ln.Addr().String()
-	}
+				_, _ = io.WriteString(conn, resp)
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String()
+}
+
+func TestFastPathResponseFraming(t *testing.T) {
+	raw := func(resp string) string { return cannedUpstream(t, resp) }
 	tests := []struct {
 		name, resp string
 		status     int

@@ -488,30 +488,7 @@ func TestFrontendShutdown(t *testing.T) {
 }
 
 func TestFrontendUpstreamMisbehaves(t *testing.T) {
-	// raw answers one request per connection with resp, then closes.
-	raw := func(resp string) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				conn, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer conn.Close()
-					if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
-						return
-					}
-					_, _ = io.WriteString(conn, resp)
-				}()
-			}
-		}()
-		return "http://" + ln.Addr().String()
-	}
+	raw := func(resp string) string { return cannedUpstream(t, resp) }
 	tests := []struct {
 		name, resp string
 		status     int // 0: the client connection is cut
