@@ -71,6 +71,9 @@ type Frontend struct {
 	// testHookHandoff, when set by a test before Serve, is called for
 	// each connection handed to Fallback.
 	testHookHandoff func()
+	// testHookWatchFired, when set by a test, is called when a watcher's
+	// timer fires, before the watcher takes its lock.
+	testHookWatchFired func()
 }
 
 // NewFrontend returns a Frontend for p that will accept from ln. Serve an
@@ -922,6 +925,9 @@ func (w *watcher) arm(c *upConn) {
 // read runs in the timer's goroutine.
 func (w *watcher) read() {
 	fc := w.fc
+	if h := fc.f.testHookWatchFired; h != nil {
+		h()
+	}
 	w.mu.Lock()
 	if w.state != watchArmed {
 		w.mu.Unlock()
@@ -951,17 +957,15 @@ func (w *watcher) disarm() bool {
 	if w.timer == nil {
 		return false
 	}
-	stopped := w.timer.Stop()
+	// Whether Stop stopped the timer says nothing about a goroutine of an
+	// earlier firing that took the lock only after the watch was armed
+	// again and is now reading: only the state tells.
+	w.timer.Stop()
 	w.mu.Lock()
-	if stopped {
-		w.state = watchOff
-		w.mu.Unlock()
-		return false
-	}
 	switch w.state {
 	case watchArmed:
-		// The timer fired but read has not started: it will see
-		// watchOff and do nothing.
+		// The timer was stopped, or it fired but read has not
+		// started: read will see watchOff and do nothing.
 		w.state = watchOff
 		w.mu.Unlock()
 		return false

@@ -204,6 +204,23 @@ var pathTable = func() (t [256]bool) {
 	return t
 }()
 
+// hostTable marks the bytes net/http accepts in a Host header (as
+// httpguts.ValidHostHeader does): a request with any other goes to
+// net/http, which answers 400.
+var hostTable = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!$%&'()*+,-.:;=[]_~" {
+		t[c] = true
+	}
+	return t
+}()
+
 // isQueryChar reports whether c may appear in a forwarded query: any
 // visible ASCII byte but '#'.
 func isQueryChar(c byte) bool { return c > ' ' && c < 0x7f && c != '#' }
@@ -216,10 +233,10 @@ const maxFrontendBody = maxFastBody
 // parseRequestHead parses the complete head h (as delimited by headEnd)
 // and reports whether it is a simple request the Frontend can forward
 // itself: HTTP/1.1, origin-form target under /agents/{name} with a clean
-// unescaped path, one Host, at most one Content-Length no larger than
-// maxFrontendBody, no Transfer-Encoding, Upgrade, Expect, TE or Trailer, a
-// Connection header naming only close or keep-alive, and CRLF line ends
-// without obs-fold or control characters.
+// unescaped path, one Host of the bytes net/http allows, at most one
+// Content-Length no larger than maxFrontendBody, no Transfer-Encoding,
+// Upgrade, Expect, TE or Trailer, a Connection header naming only close or
+// keep-alive, and CRLF line ends without obs-fold or control characters.
 func parseRequestHead(h []byte, rh *reqHead) bool {
 	*rh = reqHead{}
 	eol := bytes.IndexByte(h, '\n')
@@ -268,6 +285,12 @@ func parseRequestHead(h []byte, rh *reqHead) bool {
 		case hkHost:
 			if seenHost || len(value) == 0 {
 				return false
+			}
+			// net/http answers 400 to a Host with other bytes.
+			for _, c := range value {
+				if !hostTable[c] {
+					return false
+				}
 			}
 			seenHost = true
 			rh.host = value
