@@ -206,6 +206,12 @@ func reusable(res *http.Response) bool {
 	if res.Close {
 		return false
 	}
+	if res.Request != nil && res.Request.Method == http.MethodHead &&
+		(res.ContentLength > 0 || len(res.TransferEncoding) > 0) {
+		// A body the upstream sends after a HEAD answer anyway would
+		// be read by the next request as its answer.
+		return false
+	}
 	if res.ContentLength >= 0 || res.Body == http.NoBody {
 		return true
 	}

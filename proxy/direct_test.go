@@ -223,6 +223,9 @@ func TestFastPathResponseFraming(t *testing.T) {
 		{"close-delimited body", "HTTP/1.1 200 OK\r\n\r\nuntil close", 200, "until close"},
 		{"interim 103 skipped", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, "ok"},
 		{"http/1.0", "HTTP/1.0 201 Created\r\nContent-Length: 3\r\n\r\nnew", 201, "new"},
+		// HTTP/1.0 has no chunked coding: the body runs to the close.
+		{"http/1.0 claiming chunked", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 200, "3\r\nabc\r\n0\r\n\r\n"},
+		{"length and chunked", "HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 200, "ok"},
 	}
 	p := newProxy(t, Options{})
 	front := serveMux(t, p)

@@ -459,6 +459,11 @@ func (fc *frontConn) send(u *Upstream, out []byte, bodyLeft int64, rh *reqHead) 
 // copyBody copies the rest of the request body, n bytes, from the client
 // to c.
 func (fc *frontConn) copyBody(c *upConn, n int64) error {
+	// The head's deadline (ReadHeaderTimeout when it came slowly) must not
+	// cut a slow upload short; the body gets the idle timeout to go on.
+	if err := fc.c.SetReadDeadline(time.Now().Add(fc.f.opts.IdleTimeout)); err != nil {
+		return errClientGone
+	}
 	bufp := fc.f.p.bufs.get()
 	defer fc.f.p.bufs.put(bufp)
 	buf := *bufp
@@ -568,9 +573,19 @@ func (fc *frontConn) relay(u *Upstream, c *upConn, outp *[]byte) outcome {
 		mode = modeLength
 	}
 	closeClient := fc.rh.close || mode == modeClose || fc.f.shutdown.Load()
+	// After a HEAD answer that announced a body, an upstream that sends
+	// the body anyway would leave it on the connection for the next
+	// request to read as its answer (http.Transport catches that with a
+	// background read); such a connection is not reused.
+	reuse := rs.keepAlive && mode != modeClose && !fc.upBroken &&
+		!(fc.rh.head && (rs.chunked || rs.contentLength > 0))
+	if mode == modeNone {
+		// No body may follow (RFC 9112 §6.1): no chunked framing is
+		// announced to the client either.
+		rs.chunked = false
+	}
 	out := appendClientHead((*outp)[:0], rs, closeClient)
 	_, _ = c.br.Discard(len(head))
-	reuse := rs.keepAlive && mode != modeClose && !fc.upBroken
 
 	left := rs.contentLength
 	if mode == modeLength && left > 0 && c.br.Buffered() == 0 {

@@ -613,3 +613,90 @@ func FuzzChunkScanner(f *testing.F) {
 		}
 	})
 }
+
+func TestUpstreamFramingEdges(t *testing.T) {
+	// sloppy answers HEAD with a Content-Length and then, a moment later,
+	// the body anyway; 204 with chunked framing; anything else "fine".
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					switch {
+					case req.Method == http.MethodHead:
+						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+						time.Sleep(30 * time.Millisecond)
+						_, _ = io.WriteString(conn, "stray")
+					case req.URL.Path == "/nocontent":
+						_, _ = io.WriteString(conn, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n")
+					default:
+						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")
+					}
+				}
+			}()
+		}
+	}()
+	p := newProxy(t, Options{})
+	p.Set("a", "http://"+ln.Addr().String())
+	// Through serveMux, so that TestMain runs it on both paths.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(serveMux(t, p), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(hangGuard))
+	br := bufio.NewReader(conn)
+
+	_, _ = io.WriteString(conn, "HEAD /agents/a/ HTTP/1.1\r\nHost: h\r\n\r\n")
+	if res, body := readResponse(t, br, "HEAD"); res.StatusCode != 200 || len(body) != 0 {
+		t.Fatalf("HEAD = %d %q, want 200 without a body", res.StatusCode, body)
+	}
+	time.Sleep(60 * time.Millisecond) // the stray body has arrived by now
+	_, _ = io.WriteString(conn, "GET /agents/a/ HTTP/1.1\r\nHost: h\r\n\r\n")
+	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || string(body) != "fine" {
+		t.Errorf("GET after a HEAD answered with a stray body = %d %q, want 200 \"fine\" (the connection must not be reused)", res.StatusCode, body)
+	}
+
+	_, _ = io.WriteString(conn, "GET /agents/a/nocontent HTTP/1.1\r\nHost: h\r\n\r\n")
+	res, _ := readResponse(t, br, "GET")
+	if res.StatusCode != 204 || len(res.TransferEncoding) != 0 {
+		t.Errorf("204 = %d with Transfer-Encoding %v, want none announced", res.StatusCode, res.TransferEncoding)
+	}
+}
+
+func TestFrontendSlowBodyAfterSlowHead(t *testing.T) {
+	up := echoUpstream(t, "a")
+	p := newProxy(t, Options{})
+	p.Set("a", up.URL)
+	ft := startFrontend(t, p, nil, FrontendOptions{ReadHeaderTimeout: 200 * time.Millisecond})
+	conn, br := ft.dial(t)
+	// The head arrives in two pieces, so it runs under ReadHeaderTimeout;
+	// the body then takes longer than that, which is the idle timeout's
+	// business, not the header timeout's.
+	_, _ = io.WriteString(conn, "POST /agents/a/ HTTP/1.1\r\nHost: h\r\n")
+	time.Sleep(20 * time.Millisecond)
+	_, _ = io.WriteString(conn, "Content-Length: 6\r\n\r\n")
+	for _, piece := range []string{"ab", "cd", "ef"} {
+		time.Sleep(150 * time.Millisecond)
+		_, _ = io.WriteString(conn, piece)
+	}
+	res, body := readResponse(t, br, "POST")
+	var e echoReply
+	if res.StatusCode != 200 || json.Unmarshal(body, &e) != nil || e.BodyLen != 6 {
+		t.Errorf("slow upload = %d %q, want 200 with the 6-byte body", res.StatusCode, body)
+	}
+}

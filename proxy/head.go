@@ -551,9 +551,16 @@ func parseResponseHead(h []byte, rs *resHead) error {
 			}
 		}
 	}
-	if rs.chunked {
-		// Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+	switch {
+	case rs.chunked && http10:
+		// HTTP/1.0 has no chunked coding; net/http ignores the header
+		// there and reads to the end of the connection.
+		rs.chunked, rs.keepAlive = false, false
+	case rs.chunked && rs.contentLength >= 0:
+		// Transfer-Encoding overrides Content-Length, and a connection
+		// that carried both must not be reused (RFC 9112 §6.3).
 		rs.contentLength = -1
+		rs.keepAlive = false
 	}
 	return nil
 }
