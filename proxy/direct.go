@@ -236,25 +236,9 @@ func (p *Proxy) roundTripFast(out *http.Request, u *Upstream) (*http.Response, f
 	// been closed by the upstream meanwhile (RFC 9110 §9.2.2).
 	replayable := out.Body == nil && isIdempotent(out)
 	for attempt := 0; ; attempt++ {
-		c, reused := (*upConn)(nil), false
-		if attempt <= maxStaleRetries {
-			c = u.pool.get(cfg)
-		}
-		for c != nil && !replayable && !connAlive(c) {
-			// A request that cannot be retried gets a connection
-			// checked to be still open, so it is never lost to the
-			// race with the upstream's idle timeout.
-			c.conn.Close()
-			c = u.pool.get(cfg)
-		}
-		if c != nil {
-			reused = true
-		} else {
-			conn, err := cfg.dialer.DialContext(ctx, "tcp", u.dialAddr)
-			if err != nil {
-				return nil, fastExchange{}, err
-			}
-			c = newUpConn(conn)
+		c, reused, err := u.conn(ctx, cfg, attempt, replayable)
+		if err != nil {
+			return nil, fastExchange{}, err
 		}
 
 		// The client going away (or the request's deadline) unblocks any
@@ -274,6 +258,30 @@ func (p *Proxy) roundTripFast(out *http.Request, u *Upstream) (*http.Response, f
 		}
 		return nil, fastExchange{}, err
 	}
+}
+
+// conn returns a connection to u for the attempt-th try of a request: the
+// most recently pooled one, or a new one when the pool is empty or earlier
+// tries met connections the upstream had closed. A request that cannot be
+// retried (not replayable) only gets a pooled connection checked to be
+// still open, so it is never lost to the race with the upstream's idle
+// timeout.
+func (u *Upstream) conn(ctx context.Context, cfg *fastConfig, attempt int, replayable bool) (c *upConn, reused bool, err error) {
+	if attempt <= maxStaleRetries {
+		c = u.pool.get(cfg)
+	}
+	for c != nil && !replayable && !connAlive(c) {
+		c.conn.Close()
+		c = u.pool.get(cfg)
+	}
+	if c != nil {
+		return c, true, nil
+	}
+	conn, err := cfg.dialer.DialContext(ctx, "tcp", u.dialAddr)
+	if err != nil {
+		return nil, false, err
+	}
+	return newUpConn(conn), false, nil
 }
 
 // exchange writes out on c and reads the response headers.

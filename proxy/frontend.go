@@ -397,24 +397,11 @@ func (fc *frontConn) send(u *Upstream, out []byte, bodyLeft int64, rh *reqHead) 
 	cfg := fc.f.p.fast
 	replayable := rh.contentLength == 0 && safeMethod(rh.method)
 	for attempt := 0; ; attempt++ {
-		c, reused := (*upConn)(nil), false
-		if attempt <= maxStaleRetries {
-			c = u.pool.get(cfg)
+		c, reused, err := u.conn(context.Background(), cfg, attempt, replayable)
+		if err != nil {
+			return nil, err
 		}
-		for c != nil && !replayable && !connAlive(c) {
-			c.conn.Close()
-			c = u.pool.get(cfg)
-		}
-		if c != nil {
-			reused = true
-		} else {
-			conn, err := cfg.dialer.Dial("tcp", u.dialAddr)
-			if err != nil {
-				return nil, err
-			}
-			c = newUpConn(conn)
-		}
-		_, err := c.conn.Write(out)
+		_, err = c.conn.Write(out)
 		bodySent := err == nil
 		if bodySent && bodyLeft > 0 {
 			err = fc.copyBody(c, bodyLeft)
@@ -861,17 +848,8 @@ func appendClientHead(out []byte, rs *resHead, closeClient bool) []byte {
 // field name.
 func listed(tokens [][]byte, name []byte) bool {
 	for _, v := range tokens {
-		for len(v) > 0 {
-			var t []byte
-			if i := bytes.IndexByte(v, ','); i >= 0 {
-				t, v = v[:i], v[i+1:]
-			} else {
-				t, v = v, nil
-			}
-			t = bytes.Trim(t, " \t")
-			if len(t) == len(name) && asciiEqualFold(t, string(name)) {
-				return true
-			}
+		if hasToken(v, name) {
+			return true
 		}
 	}
 	return false

@@ -77,7 +77,7 @@ const (
 
 // kindOf classifies a header field name, ignoring case.
 func kindOf(name []byte) headerKind {
-	eq := func(s string) bool { return len(name) == len(s) && asciiEqualFold(name, s) }
+	eq := func(s string) bool { return equalFold(name, s) }
 	switch len(name) {
 	case 2:
 		if eq("Te") {
@@ -148,7 +148,7 @@ func kindOf(name []byte) headerKind {
 
 // asciiEqualFold reports whether b equals s ignoring ASCII case; s must be
 // as long as b.
-func asciiEqualFold(b []byte, s string) bool {
+func asciiEqualFold[S string | []byte](b []byte, s S) bool {
 	for i := range len(b) {
 		c, d := b[i], s[i]
 		if c == d {
@@ -165,6 +165,35 @@ func asciiEqualFold(b []byte, s string) bool {
 		}
 	}
 	return true
+}
+
+// equalFold is asciiEqualFold for operands of any length.
+func equalFold[S string | []byte](b []byte, s S) bool {
+	return len(b) == len(s) && asciiEqualFold(b, s)
+}
+
+// nextToken splits the first element off the comma-separated list v,
+// without its surrounding whitespace.
+func nextToken(v []byte) (tok, rest []byte) {
+	if i := bytes.IndexByte(v, ','); i >= 0 {
+		tok, rest = v[:i], v[i+1:]
+	} else {
+		tok = v
+	}
+	return bytes.Trim(tok, " \t"), rest
+}
+
+// hasToken reports whether the comma-separated list v contains tok,
+// ignoring case and surrounding whitespace.
+func hasToken[S string | []byte](v []byte, tok S) bool {
+	for len(v) > 0 {
+		var t []byte
+		t, v = nextToken(v)
+		if equalFold(t, tok) {
+			return true
+		}
+	}
+	return false
 }
 
 // isTokenChar reports whether c may appear in a method or header name
@@ -422,17 +451,12 @@ func parseLength(v []byte) (int64, bool) {
 func connectionSimple(v []byte, closeConn *bool) bool {
 	for len(v) > 0 {
 		var tok []byte
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			tok, v = v[:i], v[i+1:]
-		} else {
-			tok, v = v, nil
-		}
-		tok = bytes.Trim(tok, " \t")
+		tok, v = nextToken(v)
 		switch {
 		case len(tok) == 0:
-		case len(tok) == 5 && asciiEqualFold(tok, "close"):
+		case equalFold(tok, "close"):
 			*closeConn = true
-		case len(tok) == 10 && asciiEqualFold(tok, "keep-alive"):
+		case equalFold(tok, "keep-alive"):
 		default:
 			return false
 		}
@@ -538,7 +562,7 @@ func parseResponseHead(h []byte, rs *resHead) error {
 			}
 			rs.contentLength = n
 		case hkTransferEncoding:
-			if !asciiEqualFoldStr(value, "chunked") || rs.chunked {
+			if !equalFold(value, "chunked") || rs.chunked {
 				return errBadTE
 			}
 			rs.chunked = true
@@ -563,28 +587,6 @@ func parseResponseHead(h []byte, rs *resHead) error {
 		rs.keepAlive = false
 	}
 	return nil
-}
-
-// asciiEqualFoldStr is asciiEqualFold for values of any length.
-func asciiEqualFoldStr(b []byte, s string) bool {
-	return len(b) == len(s) && asciiEqualFold(b, s)
-}
-
-// hasToken reports whether the comma-separated list v contains tok,
-// ignoring case and surrounding whitespace.
-func hasToken(v []byte, tok string) bool {
-	for len(v) > 0 {
-		var t []byte
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			t, v = v[:i], v[i+1:]
-		} else {
-			t, v = v, nil
-		}
-		if asciiEqualFoldStr(bytes.Trim(t, " \t"), tok) {
-			return true
-		}
-	}
-	return false
 }
 
 // bodyless reports whether a response with this status to a request with
