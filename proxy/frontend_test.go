@@ -319,12 +319,7 @@ func TestFrontendChunkedResponseWithTrailers(t *testing.T) {
 }
 
 func TestFrontendUpstreamRefusedKeepsClientConnection(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "http://" + ln.Addr().String()
-	ln.Close()
+	dead := refusedURL(t)
 	good := echoUpstream(t, "good")
 	p := newProxy(t, Options{})
 	p.Set("a", dead)

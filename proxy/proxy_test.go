@@ -790,14 +790,20 @@ func TestDrain(t *testing.T) {
 	}
 }
 
-func TestUpstreamFailures(t *testing.T) {
-	// A port nobody listens on: the dial is refused.
+// refusedURL returns the URL of a loopback port nobody listens on: a dial
+// to it is refused.
+func refusedURL(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	refused := "http://" + ln.Addr().String()
-	ln.Close()
+	defer ln.Close()
+	return "http://" + ln.Addr().String()
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	refused := refusedURL(t)
 
 	// An upstream that accepts the request and drops the connection
 	// without answering.
