@@ -7,6 +7,7 @@ package server_test
 import (
 	"archive/tar"
 	"archive/zip"
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"crypto/rand"
@@ -17,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -947,4 +949,62 @@ func TestUploadIdempotencyKey(t *testing.T) {
 	body, ct := multipartBody(t, pkg, nil)
 	st, b := ts.do("POST", "/api/v1/agents/upload?wait=true", other.Token, body, ct, key)
 	wantError(t, "another user's upload with the same key", st, b, http.StatusConflict, "conflict")
+}
+
+// A graceful shutdown lets a request already in flight through the proxy
+// finish, closes idle keep-alive connections, and stops accepting.
+func TestShutdownDrainsProxiedRequests(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "")
+	ts.upload(ts.Admin, echo(t, "draining", "1.0.0", nil))
+
+	idle, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	idleBR := bufio.NewReader(idle)
+	_, _ = io.WriteString(idle, "GET /agents/draining/whoami HTTP/1.1\r\nHost: berth\r\n\r\n")
+	if res, err := http.ReadResponse(idleBR, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("warm-up request: %v %v", res, err)
+	} else {
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+
+	busy, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, _ = io.WriteString(busy, "GET /agents/draining/slow?ms=700 HTTP/1.1\r\nHost: berth\r\n\r\n")
+	time.Sleep(100 * time.Millisecond) // the request is with the agent now
+
+	closed := make(chan struct{})
+	go func() {
+		ts.Close()
+		close(closed)
+	}()
+	_ = busy.SetReadDeadline(time.Now().Add(20 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(busy), nil)
+	if err != nil {
+		t.Fatalf("in-flight request during shutdown: %v", err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		t.Errorf("in-flight request during shutdown = %d %q, want 200", res.StatusCode, body)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if n, err := idleBR.Read(make([]byte, 1)); err == nil {
+		t.Errorf("idle keep-alive connection: read %d bytes, want it closed by the shutdown", n)
+	}
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve did not return after the last request")
+	}
+	if c, err := net.DialTimeout("tcp", strings.TrimPrefix(ts.URL, "http://"), time.Second); err == nil {
+		c.Close()
+		t.Error("still accepting connections after shutdown")
+	}
 }
