@@ -59,7 +59,16 @@ type Config struct {
 	// several replicas). Start-up then closes only operations whose lease
 	// expired, not every running one: the others may be another replica's.
 	SharedStore bool
+	// NoAutoRollback turns off automatic rollback. By default, when the
+	// active deployment of an agent crashes and the runtime gives up
+	// restarting it (reports it failed), the engine rolls the agent back
+	// to its last known good version, as an auto_rollback operation by
+	// the actor SystemActor.
+	NoAutoRollback bool
 }
+
+// SystemActor is the actor of operations Berth starts by itself.
+const SystemActor = "berth"
 
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
@@ -123,6 +132,9 @@ type Engine struct {
 	bg       context.Context
 	cancelBG context.CancelFunc
 	wg       sync.WaitGroup
+	// bgMu orders tryGoBG against Close, so no work is added once Close
+	// waits.
+	bgMu sync.Mutex
 }
 
 // New returns an engine. build may be nil if no package needs building.
@@ -147,8 +159,23 @@ func New(cfg Config, store berth.Store, rt berth.Runtime, router Router, build B
 // Close cancels background operations and waits for them to finish
 // recording their outcome.
 func (e *Engine) Close() {
+	e.bgMu.Lock()
 	e.cancelBG()
+	e.bgMu.Unlock()
 	e.wg.Wait()
+}
+
+// tryGoBG is goBG for work not started by a request (which could arrive
+// while Close waits): it reports false, running nothing, once the engine
+// is closing.
+func (e *Engine) tryGoBG(f func(ctx context.Context)) bool {
+	e.bgMu.Lock()
+	defer e.bgMu.Unlock()
+	if e.bg.Err() != nil {
+		return false
+	}
+	e.goBG(f)
+	return true
 }
 
 // go runs f in the background, tracked so that Close waits for it.
@@ -359,6 +386,36 @@ func (e *Engine) OnStatus(deploymentID string, status berth.DeploymentStatus, re
 	}
 	e.log.Warn("deployment status changed", "deployment", deploymentID, "agent", d.AgentID, "version", d.Version,
 		"status", status, "restarts", restarts, "msg", msg)
+	if status != berth.DeploymentFailed || e.cfg.NoAutoRollback {
+		return
+	}
+	// Only the active version's deployment matters: without it the agent
+	// is down until someone notices. A standby that fails just stops.
+	a, err := e.store.AgentByID(ctx, d.AgentID)
+	if err != nil {
+		e.log.Error("auto-rollback: read agent", "agent_id", d.AgentID, "err", err)
+		return
+	}
+	if a.ActiveVersionID == d.VersionID {
+		e.tryGoBG(func(bg context.Context) { e.autoRollback(bg, a, d) })
+	}
+}
+
+// autoRollback rolls agent a back to its last known good version because
+// d, the active version's deployment, failed for good. It goes through
+// Rollback like any rollback (the agent's guard, a fresh decision under
+// it, the health gate, one commit), so it cannot race an operation a user
+// started meanwhile.
+func (e *Engine) autoRollback(ctx context.Context, a berth.Agent, d berth.Deployment) {
+	reason := fmt.Sprintf("automatic: deployment %s of %s crashed and did not come back after %d restarts: %s",
+		d.ID, d.Version, d.Restarts, d.Error)
+	res, err := e.Rollback(ctx, berth.User{Username: SystemActor}, a, RollbackRequest{Reason: reason, kind: berth.OpAutoRollback})
+	if err != nil {
+		e.log.Error("auto-rollback failed; the agent has no healthy deployment", "agent", a.Name, "version", d.Version,
+			"deployment", d.ID, "err", err)
+		return
+	}
+	e.log.Warn("auto-rollback", "agent", a.Name, "from", res.From, "to", res.To, "operation", res.OperationID)
 }
 
 // spec builds the runtime spec of a deployment of version v of agent a.

@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -25,6 +26,9 @@ type RollbackRequest struct {
 	Async bool
 	// IdempotencyKey makes a repeat return the first answer.
 	IdempotencyKey string
+	// kind is the operation recorded: OpRollback unless set (Berth's own
+	// rollbacks are OpAutoRollback).
+	kind berth.OperationKind
 }
 
 // RollbackResult is the outcome of a rollback.
@@ -77,7 +81,7 @@ func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, 
 
 	op := berth.Operation{
 		AgentID:        a.ID,
-		Kind:           berth.OpRollback,
+		Kind:           cmp.Or(req.kind, berth.OpRollback),
 		Actor:          actor.Username,
 		Reason:         req.Reason,
 		FromVersion:    from.Version,

@@ -248,3 +248,40 @@ func TestSlowClientIsCutOff(t *testing.T) {
 		}
 	}
 }
+
+// An active version whose agent crashes and cannot be restarted is rolled
+// back automatically to the last known good version, as an auto_rollback
+// operation by "berth" that says why.
+func TestCrashLoopingVersionIsRolledBackAutomatically(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "", func(c *server.Config) { c.RestartBackoff = 20 * time.Millisecond })
+	ts.upload(ts.Admin, echo(t, "loop", "1.0.0", nil))
+	// 1.1.0 starts healthy once; after that every start exits at once, as
+	// a version with a crash on some later input would.
+	bad := berthtest.EchoPackage(t, berthtest.PackageOptions{Name: "loop", Version: "1.1.0",
+		Run: []string{"sh", "-c", "test -e started-once && exit 3; touch started-once; exec ./echo-agent"}})
+	ts.update(ts.Admin, "loop", bad, nil)
+	w := ts.whoami("loop")
+	if w.Version != "1.1.0" {
+		t.Fatalf("after the update whoami = %+v, want 1.1.0", w)
+	}
+	if err := syscall.Kill(w.PID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill agent: %v", err)
+	}
+	waitFor(t, "the automatic rollback to 1.0.0", 60*time.Second, func() bool {
+		w, err := berthtest.GetWhoami(context.Background(), ts.URL+"/agents/loop")
+		return err == nil && w.Version == "1.0.0"
+	})
+	if h := ts.history(ts.Admin, "loop"); h.CurrentVersion != "1.0.0" {
+		t.Errorf("current version = %s, want 1.0.0", h.CurrentVersion)
+	}
+	ops := ts.operations(ts.Admin, "loop")
+	if len(ops) == 0 {
+		t.Fatal("no operations recorded")
+	}
+	op := ops[0] // newest first
+	if op.Kind != "auto_rollback" || op.Status != "succeeded" || op.Actor != "berth" ||
+		op.FromVersion != "1.1.0" || op.ToVersion != "1.0.0" || !strings.Contains(op.Reason, "crashed") {
+		t.Errorf("newest operation = %+v, want a succeeded auto_rollback by berth 1.1.0 → 1.0.0 whose reason says it crashed", op)
+	}
+}

@@ -23,6 +23,7 @@ func openRuntime(ctx context.Context, cfg Config, p *proxy.Proxy, onStatus berth
 			LogDir:              filepath.Join(cfg.DataDir, "logs"),
 			DefaultReadyTimeout: cfg.ReadyTimeout,
 			StopTimeout:         cfg.StopTimeout,
+			RestartBackoff:      cfg.RestartBackoff,
 			Logger:              cfg.Logger,
 			OnStatus:            onStatus,
 		})

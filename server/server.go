@@ -58,6 +58,9 @@ type Config struct {
 	// DatabaseURL selects PostgreSQL for metadata (postgres://…); empty
 	// means SQLite in DataDir.
 	DatabaseURL string
+	// RestartBackoff is the process runtime's delay before restarting a
+	// crashed agent, doubling per attempt; zero means process's default.
+	RestartBackoff time.Duration
 	// SQLiteBusyTimeout bounds how long a write waits for a lock another
 	// process holds on the SQLite database before it fails with
 	// unavailable (503); zero means sqlite's default.

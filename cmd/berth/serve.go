@@ -81,6 +81,7 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&cfg.TokenTTL, "token-ttl", envDuration("BERTH_TOKEN_TTL", 24*time.Hour), "login token lifetime")
 	f.DurationVar(&cfg.Engine.Grace, "rollback-grace", envDuration("BERTH_ROLLBACK_GRACE", def.Grace), "how long the version rolled back from stays warm")
 	f.IntVar(&cfg.Engine.Standby, "standby", envInt("BERTH_STANDBY", def.Standby), "earlier versions a blue-green update keeps warm")
+	f.BoolVar(&cfg.Engine.NoAutoRollback, "no-auto-rollback", envOr("BERTH_NO_AUTO_ROLLBACK", "") == "true", "do not roll an agent back by itself when its active deployment crashes and cannot be restarted")
 	f.DurationVar(&cfg.Engine.BuildTimeout, "build-timeout", envDuration("BERTH_BUILD_TIMEOUT", def.BuildTimeout), "limit for a package's build command")
 	f.IntVar(&cfg.Engine.Limits.MaxEntries, "max-package-entries", envInt("BERTH_MAX_PACKAGE_ENTRIES", def.Limits.MaxEntries), "most files a package may hold")
 	f.Int64Var(&cfg.Engine.Limits.MaxUnpackedBytes, "max-unpacked-bytes", int64(envInt("BERTH_MAX_UNPACKED_BYTES", int(def.Limits.MaxUnpackedBytes))), "largest unpacked package size")
