@@ -206,10 +206,7 @@ func reusable(res *http.Response) bool {
 	if res.Close {
 		return false
 	}
-	if res.Request != nil && res.Request.Method == http.MethodHead &&
-		(res.ContentLength > 0 || len(res.TransferEncoding) > 0) {
-		// A body the upstream sends after a HEAD answer anyway would
-		// be read by the next request as its answer.
+	if res.Request != nil && headAnnouncedBody(res.Request.Method == http.MethodHead, res.ContentLength, len(res.TransferEncoding) > 0) {
 		return false
 	}
 	if res.ContentLength >= 0 || res.Body == http.NoBody {
@@ -221,6 +218,15 @@ func reusable(res *http.Response) bool {
 		}
 	}
 	return false
+}
+
+// headAnnouncedBody reports whether an answer to a HEAD request announced
+// a body (a length above zero or a transfer coding). Its connection is
+// not reused: a body the upstream sends anyway would be read by the next
+// request as its answer (http.Transport catches that with a background
+// read, which the fast paths do not have).
+func headAnnouncedBody(head bool, contentLength int64, coded bool) bool {
+	return head && (contentLength > 0 || coded)
 }
 
 // roundTripFast sends out to u on a pooled (or new) connection in the

@@ -560,12 +560,8 @@ func (fc *frontConn) relay(u *Upstream, c *upConn, outp *[]byte) outcome {
 		mode = modeLength
 	}
 	closeClient := fc.rh.close || mode == modeClose || fc.f.shutdown.Load()
-	// After a HEAD answer that announced a body, an upstream that sends
-	// the body anyway would leave it on the connection for the next
-	// request to read as its answer (http.Transport catches that with a
-	// background read); such a connection is not reused.
 	reuse := rs.keepAlive && mode != modeClose && !fc.upBroken &&
-		!(fc.rh.head && (rs.chunked || rs.contentLength > 0))
+		!headAnnouncedBody(fc.rh.head, rs.contentLength, rs.chunked)
 	if mode == modeNone {
 		// No body may follow (RFC 9112 §6.1): no chunked framing is
 		// announced to the client either.
