@@ -15,7 +15,8 @@
 #
 # Settings (environment):
 #   BERTH_PG_DIR   where the server lives (default: $TMPDIR/berth-pg)
-#   BERTH_PG_PORT  its port (default: the first free one from 55432)
+#   BERTH_PG_PORT  its port (default: the first free one from 25432 outside
+#                  the kernel's ephemeral port range)
 #
 # The server trades durability for speed: synchronous_commit is off for the
 # test sessions (the URL sets it), fsync stays on, so a benchmark that asks
@@ -75,20 +76,79 @@ install_postgres() {
 	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql postgresql-client
 }
 
+# port_free reports whether nothing on this machine uses the TCP port:
+# no listener, and no connection of any state, because a client socket
+# in TIME_WAIT on the port also makes PostgreSQL's bind fail.
 port_free() {
-	! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+	if command -v ss >/dev/null 2>&1; then
+		[ -z "$(ss -Htan "sport = :$1" 2>/dev/null)" ]
+	else
+		! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+	fi
 }
 
+# ephemeral reports whether the port lies in the kernel's range for
+# outgoing connections. A server there can find its port taken by any
+# client (the test suites make tens of thousands of local connections),
+# so the test server keeps out of it.
+ephemeral() {
+	local lo hi
+	read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || return 1
+	[ "$1" -ge "$lo" ] && [ "$1" -le "$hi" ]
+}
+
+# pick_port prints BERTH_PG_PORT if set, else the first free port from
+# $1 (default 25432) that is outside the ephemeral range.
 pick_port() {
-	local p=${BERTH_PG_PORT:-55432}
 	if [ -n "${BERTH_PG_PORT:-}" ]; then
-		echo "$p"
+		echo "$BERTH_PG_PORT"
 		return
 	fi
-	while ! port_free "$p"; do
+	local p=${1:-25432}
+	while ephemeral "$p" || ! port_free "$p"; do
 		p=$((p + 1))
+		if [ "$p" -gt 65535 ]; then
+			p=1024
+		fi
 	done
 	echo "$p"
+}
+
+# set_port makes the cluster listen on a new port from its next start.
+set_port() {
+	as_pg sed -i "s/^port = [0-9]*/port = $1/" "$DATA/postgresql.conf"
+	PORT=$1
+}
+
+# start_server starts the test server, moving it to another port when its
+# own is taken (unless BERTH_PG_PORT fixes it), and shows the end of the
+# server's log when it cannot.
+start_server() {
+	local bin=$1 attempt
+	if [ -n "${BERTH_PG_PORT:-}" ] && [ "$BERTH_PG_PORT" != "$PORT" ]; then
+		set_port "$BERTH_PG_PORT"
+	fi
+	for attempt in 1 2 3; do
+		if [ -z "${BERTH_PG_PORT:-}" ] && { ephemeral "$PORT" || ! port_free "$PORT"; }; then
+			local next
+			next=$(pick_port)
+			log "port $PORT is in use or in the ephemeral range; the test server moves to $next"
+			set_port "$next"
+		fi
+		# A server killed with everything else (as between a session and
+		# CI) leaves its pid file, and if that pid now belongs to another
+		# process PostgreSQL refuses to start; the file is stale.
+		rm -f "$DATA/postmaster.pid"
+		log "starting the test server on 127.0.0.1:$PORT"
+		if as_pg "$bin/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start >/dev/null; then
+			return 0
+		fi
+		log "attempt $attempt failed"
+		sleep 1
+	done
+	log "could not start the test server; the end of $LOG:"
+	tail -n 30 "$LOG" >&2
+	exit 1
 }
 
 ensure_server() {
@@ -121,12 +181,7 @@ ensure_server() {
 	PORT=$(sed -n 's/^port = \([0-9]*\).*/\1/p' "$DATA/postgresql.conf" | tail -n 1)
 
 	if ! ready "$bin"; then
-		# Not answering. A server killed with everything else (as between a
-		# session and CI) leaves its pid file, and if that pid now belongs
-		# to another process PostgreSQL refuses to start; the file is stale.
-		rm -f "$DATA/postmaster.pid"
-		log "starting the test server on 127.0.0.1:$PORT"
-		as_pg "$bin/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start >/dev/null
+		start_server "$bin"
 	fi
 
 	local psql=(as_pg "$bin/psql" -h "$PG_DIR" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt)
