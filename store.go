@@ -28,6 +28,11 @@ type Store interface {
 	// DeleteAgent removes the agent and all its versions, builds,
 	// deployments and operations.
 	DeleteAgent(ctx context.Context, id string) error
+	// DeleteUnusedAgent removes agent id only if no operation was ever
+	// recorded for it (an agent whose upload never began), deciding and
+	// deleting atomically. It returns CodeNotFound if there is no such
+	// agent and CodeConflict, changing nothing, if it has operations.
+	DeleteUnusedAgent(ctx context.Context, id string) error
 
 	// Versions. (AgentID, Version) is unique: a label is never reused.
 	CreateVersion(ctx context.Context, v Version) error

@@ -90,12 +90,44 @@ func (e *Engine) Upload(ctx context.Context, actor berth.User, req DeployRequest
 	}
 	res, err := e.deploy(ctx, actor, a, berth.OpUpload, label, pkg, req)
 	if err != nil && res.OperationID == "" {
-		// Nothing was recorded for the new agent: don't leave an empty one.
-		if dErr := e.store.DeleteAgent(context.WithoutCancel(ctx), a.ID); dErr != nil {
-			e.log.Warn("remove agent after failed upload", "agent", a.ID, "err", dErr)
-		}
+		// The upload never began: don't leave an empty agent behind to
+		// show in listings and refuse a retried upload of its name.
+		e.removeUnusedAgent(context.WithoutCancel(ctx), a)
 	}
 	return res, err
+}
+
+// removeUnusedAgent removes agent a, created by an upload whose operation
+// never began, unless an operation was recorded for it after all (a begin
+// that reported failure but committed, say). The usual reason the begin
+// failed is that the store was unavailable, and then so is the delete: it
+// is retried in the background until the store takes it, and if that never
+// happens (the server stops, or the store stays unavailable for a lease)
+// the next start's Reconcile removes the agent (see removeAbandoned).
+func (e *Engine) removeUnusedAgent(ctx context.Context, a berth.Agent) {
+	// leftAlone reports, and logs, a refusal that means the agent is not
+	// empty after all, or is gone already: nothing more to do.
+	leftAlone := func(err error) bool {
+		if isCode(err, berth.CodeConflict) || isCode(err, berth.CodeNotFound) {
+			e.log.Info("agent of a failed upload was used or removed meanwhile; leaving it", "agent_id", a.ID, "agent", a.Name, "err", err)
+			return true
+		}
+		return false
+	}
+	err := e.store.DeleteUnusedAgent(ctx, a.ID)
+	switch {
+	case err == nil, leftAlone(err):
+	case isCode(err, berth.CodeUnavailable):
+		e.log.Warn("cannot remove the empty agent of a failed upload now; retrying in the background", "agent_id", a.ID, "agent", a.Name, "err", err)
+		e.recordLater("removal of empty agent "+a.ID, func(ctx context.Context) error {
+			if err := e.store.DeleteUnusedAgent(ctx, a.ID); err != nil && !leftAlone(err) {
+				return err
+			}
+			return nil
+		})
+	default:
+		e.log.Error("remove the empty agent of a failed upload", "agent_id", a.ID, "agent", a.Name, "err", err)
+	}
 }
 
 // uploadByKey finds the upload of agent name that actor made with

@@ -13,8 +13,9 @@ import (
 
 // Reconcile makes the runtime match the store. It is called once at
 // start-up: operations a crash interrupted are closed as interrupted, their
-// half-made versions, builds and deployments are marked failed, and every
-// agent's active version (and its warm standbys) is started and routed.
+// half-made versions, builds and deployments are marked failed, agents
+// whose upload never began are removed, and every agent's active version
+// (and its warm standbys) is started and routed.
 func (e *Engine) Reconcile(ctx context.Context) error {
 	// A lone server knows every running operation died with it; replicas
 	// sharing the store only know that of operations whose lease expired.
@@ -99,6 +100,9 @@ func (e *Engine) closeInterrupted(ctx context.Context, ops []berth.Operation, wh
 
 func (e *Engine) reconcileAgent(ctx context.Context, a berth.Agent, isRunning map[string]bool) error {
 	now := e.now()
+	if e.removeAbandoned(ctx, a, now) {
+		return nil
+	}
 	builds, err := e.store.ListBuilds(ctx, a.ID)
 	if err != nil {
 		return err
@@ -192,6 +196,44 @@ func (e *Engine) reconcileAgent(ctx context.Context, a berth.Agent, isRunning ma
 		}
 	}
 	return nil
+}
+
+// removeAbandoned removes agent a if its upload never began: the server
+// died (or the store refused) between creating the agent and recording the
+// upload operation, every agent's first write after its row. It reports
+// whether a is gone. A lone server, reconciling before it serves, knows
+// every such agent is abandoned (as it knows every running operation died
+// with it); replicas sharing the store only remove agents older than a
+// lease, since a younger one may be an upload in flight on another
+// replica. The store makes the final check, so an operation recorded
+// meanwhile keeps the agent.
+func (e *Engine) removeAbandoned(ctx context.Context, a berth.Agent, now time.Time) bool {
+	if a.ActiveVersionID != "" || (e.cfg.SharedStore && !a.CreatedAt.Before(now.Add(-e.cfg.Lease))) {
+		return false
+	}
+	// An agent with an active version had operations; so, usually, has one
+	// without (a failed upload), which this read tells cheaply, before
+	// asking for a write.
+	ops, err := e.store.ListOperations(ctx, a.ID, 1)
+	if err != nil {
+		e.log.Warn("check for an abandoned upload", "agent_id", a.ID, "agent", a.Name, "err", err)
+		return false
+	}
+	if len(ops) > 0 {
+		return false
+	}
+	switch err := e.store.DeleteUnusedAgent(ctx, a.ID); {
+	case err == nil:
+		e.log.Warn("removed agent whose upload never began", "agent_id", a.ID, "agent", a.Name, "created", a.CreatedAt)
+		return true
+	case isCode(err, berth.CodeNotFound):
+		return true // removed meanwhile, by the failed upload's own retry
+	case isCode(err, berth.CodeConflict):
+		return false // an operation began meanwhile
+	default:
+		e.log.Warn("remove agent whose upload never began", "agent_id", a.ID, "agent", a.Name, "err", err)
+		return false
+	}
 }
 
 // bringUp starts deployment d of version v unless the runtime still runs

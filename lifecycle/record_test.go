@@ -26,12 +26,27 @@ func (downRuntime) Probe(context.Context, string) error {
 }
 
 // busyStore is a store whose Commit fails with CodeUnavailable, as SQLite's
-// does while another process holds the database's lock, until unlock.
+// does while another process holds the database's lock, until unlock. With
+// lockAll set the lock refuses BeginOperation, DeleteAgent and
+// DeleteUnusedAgent too.
 type busyStore struct {
 	berth.Store
 	mu      sync.Mutex
 	locked  bool
-	refused int
+	lockAll bool
+	refused int // Commit calls refused
+	// deleteRefused counts DeleteUnusedAgent calls refused, deleteTried
+	// the DeleteUnusedAgent and DeleteAgent calls that reached the store
+	// (whatever it answered).
+	deleteRefused, deleteTried int
+}
+
+// busy reports whether the lock refuses a call; all says the call is one
+// that only lockAll refuses.
+func (s *busyStore) busy(all bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.locked && (!all || s.lockAll)
 }
 
 func (s *busyStore) Commit(ctx context.Context, c berth.Commit) error {
@@ -44,6 +59,38 @@ func (s *busyStore) Commit(ctx context.Context, c berth.Commit) error {
 	return s.Store.Commit(ctx, c)
 }
 
+func (s *busyStore) BeginOperation(ctx context.Context, op berth.Operation, leaseUntil, since time.Time) (berth.Operation, bool, error) {
+	if s.busy(true) {
+		return berth.Operation{}, false, berth.Errorf(berth.CodeUnavailable, "begin operation: the database is busy")
+	}
+	return s.Store.BeginOperation(ctx, op, leaseUntil, since)
+}
+
+func (s *busyStore) DeleteAgent(ctx context.Context, id string) error {
+	if s.busy(true) {
+		return berth.Errorf(berth.CodeUnavailable, "delete agent: the database is busy")
+	}
+	err := s.Store.DeleteAgent(ctx, id)
+	s.mu.Lock()
+	s.deleteTried++
+	s.mu.Unlock()
+	return err
+}
+
+func (s *busyStore) DeleteUnusedAgent(ctx context.Context, id string) error {
+	if s.busy(true) {
+		s.mu.Lock()
+		s.deleteRefused++
+		s.mu.Unlock()
+		return berth.Errorf(berth.CodeUnavailable, "delete unused agent: the database is busy")
+	}
+	err := s.Store.DeleteUnusedAgent(ctx, id)
+	s.mu.Lock()
+	s.deleteTried++
+	s.mu.Unlock()
+	return err
+}
+
 func (s *busyStore) unlock() {
 	s.mu.Lock()
 	s.locked = false
@@ -54,6 +101,14 @@ func (s *busyStore) refusals() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.refused
+}
+
+// deletes returns how many DeleteUnusedAgent calls were refused and how
+// many agent deletes reached the store.
+func (s *busyStore) deletes() (refused, tried int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deleteRefused, s.deleteTried
 }
 
 func newBusyEngine(t *testing.T) (*Engine, *busyStore, berth.Agent) {

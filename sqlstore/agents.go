@@ -94,3 +94,34 @@ func (s *Store) UpdateAgentMeta(ctx context.Context, a berth.Agent) error {
 func (s *Store) DeleteAgent(ctx context.Context, id string) error {
 	return s.execOne(ctx, s.write, "delete agent", "agent "+id, `DELETE FROM agents WHERE id = $1`, id)
 }
+
+// agentHasOpsSQL says whether any operation was ever recorded for an agent;
+// operations_agent_started serves it.
+const agentHasOpsSQL = `SELECT EXISTS (SELECT 1 FROM operations WHERE agent_id = $1)`
+
+// DeleteUnusedAgent deletes the agent only if no operation was ever
+// recorded for it: an agent whose upload never began. It returns
+// CodeNotFound if there is no such agent and CodeConflict, deleting
+// nothing, if it has operations.
+func (s *Store) DeleteUnusedAgent(ctx context.Context, id string) error {
+	return s.inTx(ctx, "delete unused agent", func(tx *sql.Tx) error {
+		// Lock the agent's row first, as BeginOperation does before it
+		// records an operation: the check below then sees every operation
+		// committed before the lock, and none can begin until the delete
+		// commits. (One DELETE ... WHERE NOT EXISTS would not do on
+		// PostgreSQL: its subquery reads a snapshot taken before waiting
+		// for a concurrent BeginOperation, and the cascade would then
+		// delete the operation that BeginOperation committed.)
+		if _, err := s.lockAgent(ctx, tx, id); err != nil {
+			return err
+		}
+		var used bool
+		if err := tx.QueryRowContext(ctx, agentHasOpsSQL, id).Scan(&used); err != nil {
+			return err
+		}
+		if used {
+			return berth.Errorf(berth.CodeConflict, "agent %s has operations; it is in use", id)
+		}
+		return s.execOne(ctx, tx, "delete unused agent", "agent "+id, `DELETE FROM agents WHERE id = $1`, id)
+	})
+}

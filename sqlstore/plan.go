@@ -24,6 +24,7 @@ func PlannedQueries(d Dialect) []PlannedQuery {
 		{Name: "HighestVersion", Query: highestVersionSQL, Args: []any{"a"}, Index: "versions_semver"},
 		{Name: "RecentlyActive", Query: recentlyActiveSQL, Args: []any{"a", "ready", 5}, Index: "versions_recently_active"},
 		{Name: "idempotency lookup", Query: idempotentOpSQL, Args: []any{"a", "k", at}, Index: "operations_idempotency"},
+		{Name: "agent has operations", Query: agentHasOpsSQL, Args: []any{"a"}, Index: "operations_agent_started"},
 		{Name: "ListOperations", Query: listOpsSQL, Args: []any{"a", 50}, Index: "operations_agent_started"},
 		{Name: "ListBuilds", Query: listBuildsSQL, Args: []any{"a"}, Index: "builds_agent_created"},
 		{Name: "ListAgents(owner)", Query: listAgentsOfSQL, Args: []any{"u"}, Index: "agents_owner_name"},

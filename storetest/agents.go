@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -190,4 +191,71 @@ func testDeleteAgentCascades(t *testing.T, s berth.Store) {
 	check(t, s.CreateAgent(ctx, again), "CreateAgent(reused name)")
 	_, err = s.HighestVersion(ctx, again.ID)
 	wantCode(t, err, berth.CodeNotFound, "HighestVersion(new agent)")
+}
+
+// testDeleteUnusedAgent checks that DeleteUnusedAgent removes only an agent
+// no operation was ever recorded for, and leaves one that has operations
+// exactly as it was.
+func testDeleteUnusedAgent(t *testing.T, s berth.Store) {
+	ctx := t.Context()
+	owner := mkUser(t, s)
+
+	tests := []struct {
+		name string
+		// setup records the agent (if any) and returns the ID to delete.
+		setup func(t *testing.T) string
+		want  berth.Code // "" for removed
+	}{
+		{"no operations", func(t *testing.T) string {
+			a := newAgent(owner.ID)
+			check(t, s.CreateAgent(ctx, a), "CreateAgent")
+			return a.ID
+		}, ""},
+		{"a running operation", func(t *testing.T) string {
+			a := newAgent(owner.ID)
+			check(t, s.CreateAgent(ctx, a), "CreateAgent")
+			begin(t, s, newOp(a.ID, berth.OpUpload), hour())
+			return a.ID
+		}, berth.CodeConflict},
+		{"a finished operation", func(t *testing.T) string {
+			a := newAgent(owner.ID)
+			check(t, s.CreateAgent(ctx, a), "CreateAgent")
+			op := newOp(a.ID, berth.OpUpload)
+			begin(t, s, op, hour())
+			check(t, s.Commit(ctx, berth.Commit{AgentID: a.ID, Operation: finish(op, berth.OpFailed)}), "Commit")
+			return a.ID
+		}, berth.CodeConflict},
+		{"unknown agent", func(t *testing.T) string { return uuid.NewString() }, berth.CodeNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := tt.setup(t)
+			before, beforeErr := s.AgentByID(ctx, id)
+			ops, err := s.ListOperations(ctx, id, 10)
+			check(t, err, "ListOperations")
+
+			err = s.DeleteUnusedAgent(ctx, id)
+			if tt.want == "" {
+				check(t, err, fmt.Sprintf("DeleteUnusedAgent(%s)", id))
+				_, err := s.AgentByID(ctx, id)
+				wantCode(t, err, berth.CodeNotFound, "AgentByID(deleted unused agent)")
+				return
+			}
+			wantCode(t, err, tt.want, fmt.Sprintf("DeleteUnusedAgent(%s)", id))
+			if beforeErr != nil {
+				return // there was nothing to keep
+			}
+			// Refused: the agent and its operations are untouched.
+			after, err := s.AgentByID(ctx, id)
+			check(t, err, "AgentByID(after refused DeleteUnusedAgent)")
+			if !equal(after, before) {
+				t.Errorf("AgentByID(%s) after refused DeleteUnusedAgent = %+v, want %+v", id, after, before)
+			}
+			opsAfter, err := s.ListOperations(ctx, id, 10)
+			check(t, err, "ListOperations")
+			if !equal(opsAfter, ops) {
+				t.Errorf("ListOperations(%s) after refused DeleteUnusedAgent = %+v, want %+v", id, opsAfter, ops)
+			}
+		})
+	}
 }

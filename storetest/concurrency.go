@@ -118,3 +118,47 @@ func testConcurrentSwitches(t *testing.T, s berth.Store) {
 	}
 	begin(t, s, newOp(a.ID, berth.OpRollback), time.Now().Add(time.Hour))
 }
+
+// testDeleteUnusedAgentRace races DeleteUnusedAgent against BeginOperation
+// on fresh agents. Exactly one may win each race: either the agent is
+// deleted and the operation refused (CodeNotFound), or the operation is
+// recorded and the delete refused (CodeConflict). Both succeeding would
+// mean the delete took the just-recorded operation with it.
+func testDeleteUnusedAgentRace(t *testing.T, s berth.Store) {
+	const agents = 40
+	ctx := t.Context()
+	owner := mkUser(t, s)
+	for i := range agents {
+		a := newAgent(owner.ID)
+		check(t, s.CreateAgent(ctx, a), "CreateAgent")
+		op := newOp(a.ID, berth.OpUpload)
+		var beginErr, deleteErr error
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			<-start
+			_, _, beginErr = s.BeginOperation(ctx, op, time.Now().Add(time.Hour), time.Time{})
+		})
+		wg.Go(func() {
+			<-start
+			deleteErr = s.DeleteUnusedAgent(ctx, a.ID)
+		})
+		close(start)
+		wg.Wait()
+
+		_, agentErr := s.AgentByID(ctx, a.ID)
+		_, opErr := s.OperationByID(ctx, op.ID)
+		switch {
+		case beginErr == nil && berth.ErrorCode(deleteErr) == berth.CodeConflict:
+			if agentErr != nil || opErr != nil {
+				t.Errorf("race %d: operation won, but AgentByID = %v, OperationByID = %v; want both kept", i, agentErr, opErr)
+			}
+		case deleteErr == nil && berth.ErrorCode(beginErr) == berth.CodeNotFound:
+			if berth.ErrorCode(agentErr) != berth.CodeNotFound || berth.ErrorCode(opErr) != berth.CodeNotFound {
+				t.Errorf("race %d: delete won, but AgentByID = %v, OperationByID = %v; want both not found", i, agentErr, opErr)
+			}
+		default:
+			t.Errorf("race %d: BeginOperation = %v, DeleteUnusedAgent = %v; want exactly one to succeed, the other refused", i, beginErr, deleteErr)
+		}
+	}
+}

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) berth.Store) {
 		{"Agents", testAgents},
 		{"AgentActiveVersion", testAgentActiveVersion},
 		{"DeleteAgentCascades", testDeleteAgentCascades},
+		{"DeleteUnusedAgent", testDeleteUnusedAgent},
 		{"Versions", testVersions},
 		{"VersionLabels", testVersionLabels},
 		{"VersionSemverOrder", testVersionSemverOrder},
@@ -59,6 +60,7 @@ func Run(t *testing.T, open func(t *testing.T) berth.Store) {
 		{"InterruptAllOperations", testInterruptAllOperations},
 		{"InterruptExpiredOperations", testInterruptExpiredOperations},
 		{"ConcurrentSwitches", testConcurrentSwitches},
+		{"DeleteUnusedAgentRace", testDeleteUnusedAgentRace},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
