@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // Codes of the proxy's own error bodies. They are not berth.Codes because
@@ -15,7 +16,14 @@ import (
 const (
 	codeBadGateway     = "bad_gateway"
 	codeGatewayTimeout = "gateway_timeout"
+	// codeUnavailable is berth.CodeUnavailable: the server itself cannot
+	// serve the request now (it is shutting down).
+	codeUnavailable = "unavailable"
 )
+
+// shutdownAnswerTimeout bounds writing the 503 a connection gets when its
+// request arrives as the server shuts down.
+const shutdownAnswerTimeout = time.Second
 
 // errorBody is the API's error shape: {"status_code", "message", "detail",
 // "code"}. Detail repeats the message for clients written against FastAPI.

@@ -147,10 +147,17 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 			flusher.Flush()
 		}
 	}
+	// Each write to the client may block for about WriteTimeout at most
+	// (see Options.WriteTimeout). The deadline is set on the connection,
+	// so it is taken off again before net/http reuses it for the next
+	// request, after the body's buffered tail went out under it.
+	cw := clientWriter{w: w, d: writeDeadline{timeout: p.writeTimeout}}
+	defer cw.done(flusher == nil)
 	for {
 		if n > 0 {
-			if _, werr := w.Write((*buf)[:n]); werr != nil {
-				// The client went away; nothing is left to tell it.
+			if _, werr := cw.write((*buf)[:n]); werr != nil {
+				// The client went away or stopped reading; nothing is
+				// left to tell it.
 				return
 			}
 			if flusher != nil {
@@ -177,6 +184,39 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 			dst[k] = vv
 		}
 	}
+}
+
+// clientWriter writes a response body under a write deadline per write.
+type clientWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController // set on the first write that needs it
+	d  writeDeadline
+}
+
+func (cw *clientWriter) write(b []byte) (int, error) {
+	if cw.d.timeout > 0 {
+		if cw.rc == nil {
+			cw.rc = http.NewResponseController(cw.w)
+		}
+		if err := cw.d.refresh(cw.rc.SetWriteDeadline); err != nil {
+			// A ResponseWriter that cannot take deadlines (say, a
+			// test recorder) writes without them.
+			cw.d = writeDeadline{}
+		}
+	}
+	return cw.w.Write(b)
+}
+
+// done, called once the body is written, sends what net/http still
+// buffers (when flush) under the deadline, then removes the deadline.
+func (cw *clientWriter) done(flush bool) {
+	if cw.rc == nil || cw.d.until.IsZero() {
+		return
+	}
+	if flush {
+		_ = cw.rc.Flush()
+	}
+	_ = cw.d.clear(cw.rc.SetWriteDeadline)
 }
 
 // bodyError handles an upstream that failed after the response status was
@@ -379,6 +419,12 @@ func (p *Proxy) switchProtocols(w http.ResponseWriter, r *http.Request, u *Upstr
 	dst["Upgrade"] = []string{resType}
 	res.Header = dst
 	res.Body = nil // res.Write must write only the status line and headers
+	// The connection is ours now: every write to the client, the head's
+	// included, gets the write deadline (see Options.WriteTimeout).
+	client := &deadlineWriter{w: conn, set: conn.SetWriteDeadline, d: writeDeadline{timeout: p.writeTimeout}}
+	if err := client.d.refresh(client.set); err != nil {
+		return
+	}
 	if err := res.Write(brw); err != nil {
 		return
 	}
@@ -394,7 +440,7 @@ func (p *Proxy) switchProtocols(w http.ResponseWriter, r *http.Request, u *Upstr
 		errc <- err
 	}()
 	go func() {
-		_, err := io.Copy(conn, backend)
+		_, err := io.Copy(client, backend)
 		errc <- err
 	}()
 	select {

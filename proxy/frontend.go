@@ -119,6 +119,7 @@ func (f *Frontend) Serve() error {
 		}
 		delay = 0
 		fc := &frontConn{f: f, c: c, buf: make([]byte, frontBufSize)}
+		fc.wd.timeout = f.p.writeTimeout
 		if !f.track(fc) {
 			c.Close()
 			return nil
@@ -220,6 +221,23 @@ type frontConn struct {
 	// upBroken marks the current request's upstream connection as not
 	// reusable (the request could not be written whole).
 	upBroken bool
+	// wd keeps the client connection's write deadline (see write).
+	wd writeDeadline
+}
+
+// write writes b to the client. Each write may block for about the
+// proxy's WriteTimeout at most: a client that stops reading a response is
+// cut off (its caller then closes the upstream connection too) instead of
+// holding the connection and the agent's upstream forever.
+func (fc *frontConn) write(b []byte) (int, error) {
+	if err := fc.wd.refresh(fc.c.SetWriteDeadline); err != nil {
+		return 0, err
+	}
+	n, err := fc.c.Write(b)
+	if err != nil && isTimeout(err) {
+		fc.f.p.log.Debug("proxy: client stopped reading; disconnected", "client", fc.ip, "err", err)
+	}
+	return n, err
 }
 
 // serve runs fc's request loop.
@@ -319,11 +337,21 @@ func (fc *frontConn) handoff() outcome {
 	if fc.f.testHookHandoff != nil {
 		fc.f.testHookHandoff()
 	}
-	_ = fc.c.SetReadDeadline(time.Time{})
+	// net/http sets no write deadline of its own (Berth's server has no
+	// WriteTimeout, for streams): one left from the Frontend's writes
+	// would cut a later response on this connection.
+	_ = fc.c.SetDeadline(time.Time{})
+	fc.wd = writeDeadline{}
 	fc.state.Store(stateClosed)
 	rc := &replayConn{Conn: fc.c, pending: fc.buf[fc.r:fc.w]}
 	fc.buf = nil
 	if !fc.f.fallback.deliver(rc) {
+		// Shutdown closed the fallback: the request was read but can no
+		// longer be served. Say so, rather than close without an answer,
+		// which a client cannot tell from a crash (and may not retry).
+		out := appendErrorResponse(nil, http.StatusServiceUnavailable, codeUnavailable, "the server is shutting down; retry", true)
+		_ = fc.c.SetWriteDeadline(time.Now().Add(shutdownAnswerTimeout))
+		_, _ = fc.c.Write(out)
 		fc.c.Close()
 	}
 	return handedOff
@@ -620,7 +648,7 @@ func (fc *frontConn) relay(u *Upstream, c *upConn, outp *[]byte) outcome {
 		// wait on the client.
 		fc.finishUpstream(c, reuse)
 	}
-	if _, err := fc.c.Write(out); err != nil {
+	if _, err := fc.write(out); err != nil {
 		if fc.up != nil {
 			// Still ours (not pooled by finishUpstream).
 			c.conn.Close()
@@ -642,7 +670,7 @@ func (fc *frontConn) relay(u *Upstream, c *upConn, outp *[]byte) outcome {
 				if len(b) < n {
 					reuse = false // the upstream sent more than its response
 				}
-				if _, werr := fc.c.Write(b); werr != nil {
+				if _, werr := fc.write(b); werr != nil {
 					fc.watch.disarm()
 					c.conn.Close()
 					return closeConn
@@ -718,7 +746,7 @@ func (fc *frontConn) upstreamError(u *Upstream, err error, outp *[]byte) outcome
 	closeClient := fc.rh.close || fc.f.shutdown.Load()
 	out := appendErrorResponse((*outp)[:0], status, code, msg, closeClient)
 	*outp = out
-	if _, werr := fc.c.Write(out); werr != nil || closeClient {
+	if _, werr := fc.write(out); werr != nil || closeClient {
 		return closeConn
 	}
 	return keepOpen

@@ -31,6 +31,7 @@ const (
 	DefaultDialTimeout           = 5 * time.Second
 	DefaultIdleConnTimeout       = 90 * time.Second
 	DefaultResponseHeaderTimeout = 5 * time.Minute
+	DefaultWriteTimeout          = time.Minute
 )
 
 // Options tunes a Proxy. The zero value is ready to use.
@@ -60,6 +61,13 @@ type Options struct {
 	// means DefaultResponseHeaderTimeout, negative means no limit. It does
 	// not limit how long a streamed body (such as SSE) may run.
 	ResponseHeaderTimeout time.Duration
+	// WriteTimeout bounds how long one write of a response to the client
+	// may block (as nginx's send_timeout does: between two successive
+	// writes, not for the whole response, so long streams are fine). A
+	// client that stops reading for this long is disconnected and the
+	// upstream request ended, so it cannot hold an agent's connection
+	// forever. Zero means DefaultWriteTimeout, negative means no limit.
+	WriteTimeout time.Duration
 }
 
 // Proxy forwards /agents/{name}/... to each agent's active upstream. It is an
@@ -68,7 +76,10 @@ type Options struct {
 type Proxy struct {
 	log       *slog.Logger
 	transport http.RoundTripper
-	bufs      bufPool
+	// writeTimeout is Options.WriteTimeout with its default applied; 0
+	// means no limit.
+	writeTimeout time.Duration
+	bufs         bufPool
 	// fast configures in-handler forwarding over each Upstream's own
 	// connection pool (see direct.go); nil when the caller supplied a
 	// Transport, which then carries every request.
@@ -86,7 +97,13 @@ func New(opts Options) *Proxy {
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Proxy{log: log, transport: opts.Transport}
+	p := &Proxy{log: log, transport: opts.Transport, writeTimeout: opts.WriteTimeout}
+	switch {
+	case p.writeTimeout == 0:
+		p.writeTimeout = DefaultWriteTimeout
+	case p.writeTimeout < 0:
+		p.writeTimeout = 0
+	}
 	if p.transport == nil {
 		p.transport = newTransport(opts)
 		p.fast = newFastConfig(opts)

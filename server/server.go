@@ -55,6 +55,11 @@ type Config struct {
 	// ReadHeaderTimeout bounds how long a client may take to send a
 	// request's headers (slow-client protection); default 10s.
 	ReadHeaderTimeout time.Duration
+	// WriteTimeout bounds how long one write of a proxied response may
+	// block on a client that stopped reading before it is disconnected
+	// (per write, so long streams are fine); zero means the proxy's
+	// default (a minute), negative means no limit.
+	WriteTimeout time.Duration
 	// DatabaseURL selects PostgreSQL for metadata (postgres://…); empty
 	// means SQLite in DataDir.
 	DatabaseURL string
@@ -125,7 +130,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		return fail(err)
 	}
 
-	s.proxy = proxy.New(proxy.Options{Logger: log, ResponseHeaderTimeout: -1})
+	s.proxy = proxy.New(proxy.Options{Logger: log, ResponseHeaderTimeout: -1, WriteTimeout: cfg.WriteTimeout})
 	ecfg := cfg.Engine
 	ecfg.DataDir = dataDir
 	ecfg.SharedStore = cfg.DatabaseURL != ""

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berthhq/berth/lifecycle"
+	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/server"
 	"github.com/berthhq/berth/sqlite"
 )
@@ -86,6 +87,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.Engine.Limits.MaxEntries, "max-package-entries", envInt("BERTH_MAX_PACKAGE_ENTRIES", def.Limits.MaxEntries), "most files a package may hold")
 	f.Int64Var(&cfg.Engine.Limits.MaxUnpackedBytes, "max-unpacked-bytes", int64(envInt("BERTH_MAX_UNPACKED_BYTES", int(def.Limits.MaxUnpackedBytes))), "largest unpacked package size")
 	f.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", envDuration("BERTH_READ_HEADER_TIMEOUT", 10*time.Second), "time a client gets to send request headers (slow-client protection)")
+	f.DurationVar(&cfg.WriteTimeout, "write-timeout", envDuration("BERTH_WRITE_TIMEOUT", proxy.DefaultWriteTimeout), "time one write of an agent's response may wait for a client that stopped reading before it is disconnected (per write: long streams are fine)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", envDuration("BERTH_SHUTDOWN_TIMEOUT", 30*time.Second), "time to drain requests on shutdown")
 	f.StringVar(&cfg.DatabaseURL, "database-url", envOr("BERTH_DATABASE_URL", ""), "PostgreSQL URL for metadata (default: SQLite in the data dir)")
 	f.DurationVar(&cfg.SQLiteBusyTimeout, "sqlite-busy-timeout", envDuration(sqlite.BusyTimeoutEnv, sqlite.DefaultBusyTimeout), "how long a write waits for a lock another process holds on the SQLite database before answering 503")
