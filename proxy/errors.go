@@ -49,6 +49,15 @@ func writeError(w http.ResponseWriter, status int, code, message string) {
 	_, _ = w.Write(b)
 }
 
+// writeError writes an error answer as writeError does, under the write
+// deadline (see Options.WriteTimeout): a pipelining client that reads
+// nothing must not hold the connection even when all it gets is errors.
+func (p *Proxy) writeError(w http.ResponseWriter, status int, code, message string) {
+	cw := newClientWriter(w, p.writeTimeout)
+	cw.refresh()
+	writeError(w, status, code, message)
+}
+
 // isTimeout reports whether an upstream round trip failed because a deadline
 // passed: the Transport's ResponseHeaderTimeout or dial timeout, or a deadline
 // on the request's context.
@@ -74,5 +83,5 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, u *Upstrea
 		p.log.Warn("proxy: upstream request failed", "agent", u.agent, "upstream", u.raw,
 			"method", r.Method, "status", status, "err", err)
 	}
-	writeError(w, status, code, msg)
+	p.writeError(w, status, code, msg)
 }

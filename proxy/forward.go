@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/berthhq/berth"
 )
@@ -43,7 +44,7 @@ func (b *bufPool) put(buf *[]byte) { b.pool.Put(buf) }
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 	upType, ok := upgradeType(r.Header)
 	if !ok {
-		writeError(w, http.StatusBadRequest, string(berth.CodeInvalid), "invalid Upgrade header")
+		p.writeError(w, http.StatusBadRequest, string(berth.CodeInvalid), "invalid Upgrade header")
 		return
 	}
 
@@ -135,6 +136,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 		}
 		dst["Trailer"] = []string{strings.Join(keys, ", ")}
 	}
+	// Each write to the client may block for about WriteTimeout at most
+	// (see Options.WriteTimeout): the head's too (an event stream's is
+	// flushed at once), and the tail net/http writes after the handler
+	// returns (a bodyless answer, the last chunk, trailers), under the
+	// deadline renewed on the way out. net/http takes the deadline off
+	// before it reads the connection's next request.
+	cw := newClientWriter(w, p.writeTimeout)
+	cw.refresh()
+	defer cw.refresh()
 	w.WriteHeader(res.StatusCode)
 
 	// Streams (SSE, or any body of unknown length) are flushed after every
@@ -147,12 +157,6 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 			flusher.Flush()
 		}
 	}
-	// Each write to the client may block for about WriteTimeout at most
-	// (see Options.WriteTimeout). The deadline is set on the connection,
-	// so it is taken off again before net/http reuses it for the next
-	// request, after the body's buffered tail went out under it.
-	cw := clientWriter{w: w, d: writeDeadline{timeout: p.writeTimeout}}
-	defer cw.done(flusher == nil)
 	for {
 		if n > 0 {
 			if _, werr := cw.write((*buf)[:n]); werr != nil {
@@ -186,37 +190,35 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, u *Upstream) {
 	}
 }
 
-// clientWriter writes a response body under a write deadline per write.
+// clientWriter writes a response under a write deadline per write.
 type clientWriter struct {
 	w  http.ResponseWriter
-	rc *http.ResponseController // set on the first write that needs it
+	dl writeDeadliner // nil when w cannot take deadlines (a test recorder)
 	d  writeDeadline
 }
 
-func (cw *clientWriter) write(b []byte) (int, error) {
-	if cw.d.timeout > 0 {
-		if cw.rc == nil {
-			cw.rc = http.NewResponseController(cw.w)
-		}
-		if err := cw.d.refresh(cw.rc.SetWriteDeadline); err != nil {
-			// A ResponseWriter that cannot take deadlines (say, a
-			// test recorder) writes without them.
-			cw.d = writeDeadline{}
-		}
+// writeDeadliner is what net/http's ResponseWriter offers (and
+// http.ResponseController uses) to set the connection's write deadline.
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+func newClientWriter(w http.ResponseWriter, timeout time.Duration) clientWriter {
+	cw := clientWriter{w: w, d: writeDeadline{timeout: timeout}}
+	if timeout > 0 {
+		cw.dl = writeDeadlinerOf(w)
 	}
-	return cw.w.Write(b)
+	return cw
 }
 
-// done, called once the body is written, sends what net/http still
-// buffers (when flush) under the deadline, then removes the deadline.
-func (cw *clientWriter) done(flush bool) {
-	if cw.rc == nil || cw.d.until.IsZero() {
-		return
+// refresh keeps the deadline about WriteTimeout ahead.
+func (cw *clientWriter) refresh() {
+	if cw.dl != nil && cw.d.refresh(cw.dl.SetWriteDeadline) != nil {
+		cw.dl = nil
 	}
-	if flush {
-		_ = cw.rc.Flush()
-	}
-	_ = cw.d.clear(cw.rc.SetWriteDeadline)
+}
+
+func (cw *clientWriter) write(b []byte) (int, error) {
+	cw.refresh()
+	return cw.w.Write(b)
 }
 
 // bodyError handles an upstream that failed after the response status was
@@ -362,6 +364,21 @@ func flusherOf(w http.ResponseWriter) http.Flusher {
 	for {
 		if f, ok := w.(http.Flusher); ok {
 			return f
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil
+		}
+		w = u.Unwrap()
+	}
+}
+
+// writeDeadlinerOf returns what sets w's write deadline, looking through
+// wrappers as flusherOf does, or nil if nothing does.
+func writeDeadlinerOf(w http.ResponseWriter) writeDeadliner {
+	for {
+		if d, ok := w.(writeDeadliner); ok {
+			return d
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
 		if !ok {

@@ -429,14 +429,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	u := acquire(p, name)
 	if u == nil {
-		writeError(w, http.StatusNotFound, string(berth.CodeNotFound), "agent "+strconv.Quote(name)+" not found")
+		p.writeError(w, http.StatusNotFound, string(berth.CodeNotFound), "agent "+strconv.Quote(name)+" not found")
 		return
 	}
 	// Deferred so the count drops even when the forwarder aborts the
 	// response with http.ErrAbortHandler after an upstream dies mid-body.
 	defer u.release()
 	if u.err != nil {
-		writeError(w, http.StatusBadGateway, codeBadGateway,
+		p.writeError(w, http.StatusBadGateway, codeBadGateway,
 			"agent "+strconv.Quote(u.agent)+" has an invalid upstream")
 		return
 	}

@@ -36,16 +36,6 @@ func (d *writeDeadline) refresh(set func(time.Time) error) error {
 	return set(d.until)
 }
 
-// clear removes a deadline set by refresh, for a connection that goes on
-// to be used by someone who does not expect one.
-func (d *writeDeadline) clear(set func(time.Time) error) error {
-	if d.until.IsZero() {
-		return nil
-	}
-	d.until = time.Time{}
-	return set(time.Time{})
-}
-
 // deadlineWriter is an io.Writer that refreshes its connection's write
 // deadline before each write (for copies onto a hijacked connection).
 type deadlineWriter struct {
