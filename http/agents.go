@@ -577,8 +577,15 @@ func (s *Server) handleOperation(w http.ResponseWriter, r *http.Request, u berth
 	writeData(w, http.StatusOK, "Operation", viewOperation(o))
 }
 
+// LogSizeTrailer is the trailer of a logs response that gives the log's
+// size in bytes when the response ended: the offset to ask for next to get
+// only what was written since. A size below the offset asked for means the
+// log was rotated (or the deployment restarted its log) in between.
+const LogSizeTrailer = "X-Berth-Log-Size"
+
 // handleLogs writes a deployment's captured output: the one named by
-// deployment_id, else the newest of version (default: the active version).
+// deployment_id, else the newest of version (default: the active version),
+// from byte offset on (default 0).
 func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request, u berth.User) {
 	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
 	if err != nil {
@@ -586,6 +593,14 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request, u berth.User
 		return
 	}
 	q := r.URL.Query()
+	var offset int64
+	if v := q.Get("offset"); v != "" {
+		offset, err = strconv.ParseInt(v, 10, 64)
+		if err != nil || offset < 0 {
+			s.writeError(w, r, berth.Errorf(berth.CodeInvalid, "offset must be a byte count (a non-negative integer), not %q", v))
+			return
+		}
+	}
 	ds, err := s.store.ListDeployments(r.Context(), a.ID)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -609,9 +624,40 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request, u berth.User
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Berth-Deployment", pick.ID)
-	if err := s.runtime.Logs(r.Context(), pick.ID, w); err != nil {
+	w.Header().Set("Trailer", LogSizeTrailer)
+	// The runtimes stream the whole log (the process runtime from its
+	// files, Kubernetes from the pod's log API); what comes before offset
+	// is read here but not sent, so a follower's poll costs the network
+	// only what is new.
+	sw := &skipWriter{w: w, skip: offset}
+	if err := s.runtime.Logs(r.Context(), pick.ID, sw); err != nil {
 		s.log.Warn("read logs", "deployment", pick.ID, "err", err)
+		return
 	}
+	w.Header().Set(LogSizeTrailer, strconv.FormatInt(sw.seen, 10))
+}
+
+// skipWriter drops the first skip bytes written to it and passes the rest
+// on to w, counting all of them in seen.
+type skipWriter struct {
+	w    io.Writer
+	skip int64
+	seen int64
+}
+
+func (s *skipWriter) Write(b []byte) (int, error) {
+	n := len(b)
+	s.seen += int64(n)
+	if s.skip >= int64(n) {
+		s.skip -= int64(n)
+		return n, nil
+	}
+	b = b[s.skip:]
+	s.skip = 0
+	if _, err := s.w.Write(b); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 func (s *Server) handleDownload(w http.ResponseWriter, r *http.Request, u berth.User) {

@@ -275,6 +275,9 @@ type RegistryAgent struct {
 type LogsOptions struct {
 	Version      string
 	DeploymentID string
+	// Offset skips the first Offset bytes of the log: pass the Size of
+	// the previous answer to get only what was written since.
+	Offset int64
 }
 
 // AgentLogs is a deployment's captured output.
@@ -282,6 +285,10 @@ type AgentLogs struct {
 	// DeploymentID is the deployment the output belongs to.
 	DeploymentID string `json:"deployment_id"`
 	Output       []byte `json:"-"`
+	// Size is the log's whole size when the answer ended (the next
+	// Offset), or -1 if the server did not say. Below the Offset asked
+	// for, the log was rotated or restarted since: ask again from 0.
+	Size int64 `json:"-"`
 }
 
 // DownloadInfo describes a downloaded package.
@@ -490,6 +497,9 @@ func (c *Client) Logs(ctx context.Context, agent string, o LogsOptions) (AgentLo
 	if o.DeploymentID != "" {
 		q.Set("deployment_id", o.DeploymentID)
 	}
+	if o.Offset > 0 {
+		q.Set("offset", strconv.FormatInt(o.Offset, 10))
+	}
 	path := c.agentPath(agent, "logs")
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -507,7 +517,12 @@ func (c *Client) Logs(ctx context.Context, agent string, o LogsOptions) (AgentLo
 	if err != nil {
 		return AgentLogs{}, c.transportError(req, err)
 	}
-	return AgentLogs{DeploymentID: resp.Header.Get("X-Berth-Deployment"), Output: b}, nil
+	size := int64(-1)
+	// The trailer is there once the body was read to its end.
+	if v, err := strconv.ParseInt(resp.Trailer.Get(LogSizeTrailer), 10, 64); err == nil && v >= 0 {
+		size = v
+	}
+	return AgentLogs{DeploymentID: resp.Header.Get("X-Berth-Deployment"), Output: b, Size: size}, nil
 }
 
 // Agents returns the caller's agents.

@@ -210,6 +210,18 @@ func TestClientLifecycle(t *testing.T) {
 	if err != nil || logs.DeploymentID == "" || !strings.Contains(string(logs.Output), "echo-agent listening") {
 		t.Fatalf("Logs(1.1.0) = %q from %q, %v, want the agent's start line", logs.Output, logs.DeploymentID, err)
 	}
+	// The stopped 1.1.0 deployment's log no longer grows: Size is its
+	// length, and following from an offset gets exactly the rest.
+	if logs.Size != int64(len(logs.Output)) {
+		t.Errorf("Logs(1.1.0).Size = %d, want the output's length %d", logs.Size, len(logs.Output))
+	}
+	for _, off := range []int64{1, logs.Size / 2, logs.Size, logs.Size + 10} {
+		rest, err := c.Logs(ctx, "echo-agent", berthhttp.LogsOptions{Version: "1.1.0", Offset: off})
+		want := logs.Output[min(off, logs.Size):]
+		if err != nil || !bytes.Equal(rest.Output, want) || rest.Size != logs.Size {
+			t.Errorf("Logs(1.1.0, offset %d) = %q size %d, %v; want %q size %d", off, rest.Output, rest.Size, err, want, logs.Size)
+		}
+	}
 	_, err = c.Logs(ctx, "echo-agent", berthhttp.LogsOptions{Version: "7.0.0"})
 	wantCode(t, "Logs(7.0.0)", err, berth.CodeNotFound)
 

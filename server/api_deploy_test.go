@@ -450,6 +450,17 @@ func TestHistoryDeploymentsBuildsOperations(t *testing.T) {
 		}
 		st, body = ts.get("/api/v1/agents/shaped/logs?version=4.0.0", user.Token)
 		wantError(t, "logs of an unknown version", st, body, http.StatusNotFound, "not_found")
+		// ?offset= skips what a follower already has.
+		st, full := ts.get("/api/v1/agents/shaped/logs?version=1.0.0", user.Token)
+		st2, rest := ts.get("/api/v1/agents/shaped/logs?version=1.0.0&offset=5", user.Token)
+		if st != http.StatusOK || st2 != http.StatusOK || len(full) < 5 || !bytes.HasPrefix(rest, full[5:]) || len(rest) == 0 {
+			// (The log may have grown between the two reads.)
+			t.Errorf("logs from offset 5 = %d %q, want the log %q without its first 5 bytes", st2, rest, full)
+		}
+		for _, off := range []string{"-1", "abc", "1e3", "0x10", "99999999999999999999"} {
+			st, body := ts.get("/api/v1/agents/shaped/logs?offset="+off, user.Token)
+			wantError(t, "logs?offset="+off, st, body, http.StatusBadRequest, "invalid")
+		}
 	})
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"time"
 
@@ -253,17 +252,30 @@ and rollbacks when --version is not given; stop it with Ctrl-C.`,
 		if _, err := out.Write(logs.Output); err != nil || !followFlag {
 			return err
 		}
-		// Follow: the endpoint returns the whole output, so print what
-		// is past what was printed. A new deployment (an update or a
-		// rollback moved the active version) starts over.
-		dep, printed := logs.DeploymentID, logs.Output
+		// Follow: each poll asks only for what is past the end of the
+		// last answer (the log's size, sent as a trailer).
+		dep, offset := logs.DeploymentID, next(0, logs)
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-time.After(interval):
 			}
-			logs, err := cl.Logs(ctx, name, o)
+			q := o
+			q.Offset = offset
+			logs, err := cl.Logs(ctx, name, q)
+			if err == nil && (logs.DeploymentID != dep || logs.Size >= 0 && logs.Size < offset) {
+				// A new deployment (an update or a rollback moved the
+				// active version) or a rotated log: the offset means
+				// nothing there, so start over from its beginning.
+				if logs.DeploymentID != dep {
+					fmt.Fprintf(cmd.ErrOrStderr(), "--- now deployment %s ---\n", logs.DeploymentID)
+				} else {
+					fmt.Fprintln(cmd.ErrOrStderr(), "--- the log was rotated; from its start again ---")
+				}
+				dep, offset, q.Offset = logs.DeploymentID, 0, 0
+				logs, err = cl.Logs(ctx, name, q)
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -273,21 +285,23 @@ and rollbacks when --version is not given; stop it with Ctrl-C.`,
 				}
 				return err
 			}
-			switch {
-			case logs.DeploymentID != dep:
-				fmt.Fprintf(cmd.ErrOrStderr(), "--- now deployment %s ---\n", logs.DeploymentID)
-				dep, printed = logs.DeploymentID, nil
-			case !bytes.HasPrefix(logs.Output, printed):
-				// Rotated or rewritten: print it again in full.
-				printed = nil
-			}
-			if _, err := out.Write(logs.Output[len(printed):]); err != nil {
+			if _, err := out.Write(logs.Output); err != nil {
 				return err
 			}
-			printed = logs.Output
+			offset = next(offset, logs)
 		}
 	}
 	return cmd
+}
+
+// next is the offset to follow a log from after answer logs to a request
+// from offset: the log's size, or (if the server could not say, as when
+// reading the log failed part way) the end of what was received.
+func next(offset int64, logs berthhttp.AgentLogs) int64 {
+	if logs.Size >= 0 {
+		return logs.Size
+	}
+	return offset + int64(len(logs.Output))
 }
 
 func newUsersCmd() *cobra.Command {
