@@ -350,12 +350,30 @@ func (fc *frontConn) handoff() outcome {
 		// longer be served. Say so, rather than close without an answer,
 		// which a client cannot tell from a crash (and may not retry).
 		out := appendErrorResponse(nil, http.StatusServiceUnavailable, codeUnavailable, "the server is shutting down; retry", true)
-		_ = fc.c.SetWriteDeadline(time.Now().Add(shutdownAnswerTimeout))
-		_, _ = fc.c.Write(out)
+		_ = fc.c.SetDeadline(time.Now().Add(shutdownAnswerTimeout))
+		if _, err := fc.c.Write(out); err == nil {
+			lingeringClose(fc.c)
+		}
 		fc.c.Close()
 	}
 	return handedOff
 }
+
+// lingeringClose ends c's writing side and reads what the client still
+// sends (a request body, say) until it closes its side or the deadline
+// set on c passes. Closing a socket with unread input makes the kernel
+// send a reset, which can destroy the answer just written before the
+// client reads it; net/http closes the same way after an error answer.
+func lingeringClose(c net.Conn) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, lingerMax))
+}
+
+// lingerMax bounds what lingeringClose reads and drops.
+const lingerMax = 256 << 10
 
 // outPool lends the buffers request and response heads are assembled in.
 var outPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
