@@ -381,11 +381,7 @@ func TestFrontendClientGoneCancelsUpstream(t *testing.T) {
 	case <-time.After(hangGuard):
 		t.Fatal("the upstream request was not cancelled after the client disconnected")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
-	defer cancel()
-	if err := p.Lookup("a").Drain(ctx); err != nil {
-		t.Errorf("Drain after the client left: %v", err)
-	}
+	waitDrained(t, p, "a")
 }
 
 func TestFrontendTimeouts(t *testing.T) {

@@ -115,6 +115,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// waitDrained fails t unless the requests to agent on p stop counting in
+// flight: a client that left or was cut off must not leave the agent's
+// upstream held.
+func waitDrained(t *testing.T, p *Proxy, agent string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	if err := p.Lookup(agent).Drain(ctx); err != nil {
+		t.Errorf("Drain(%q) = %v, want the request to end", agent, err)
+	}
+}
+
 // serveBare serves p as the whole handler, so no path values are set.
 func serveBare(t *testing.T, p *Proxy) string {
 	t.Helper()

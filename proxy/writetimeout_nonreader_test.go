@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -132,17 +131,6 @@ func waitCut(t *testing.T, sc *watchedConn, what string) {
 	case <-sc.closed:
 	case <-time.After(cutGuard):
 		t.Errorf("%s: the proxy still held the connection of a client that stopped reading, %v after its write timeout", what, cutGuard)
-	}
-}
-
-// waitDrained fails t unless the request to agent on p stops counting in
-// flight: a client cut off must not leave the agent's upstream held.
-func waitDrained(t *testing.T, p *Proxy, agent string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
-	defer cancel()
-	if err := p.Lookup(agent).Drain(ctx); err != nil {
-		t.Errorf("Drain(%q) after the client was cut off: %v", agent, err)
 	}
 }
 

@@ -62,11 +62,7 @@ func TestClientThatStopsReadingIsCutOff(t *testing.T) {
 	case <-time.After(hangGuard):
 		t.Fatal("the agent's request was still running long after the client stopped reading")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
-	defer cancel()
-	if err := p.Lookup("a").Drain(ctx); err != nil {
-		t.Errorf("Drain after the client was cut off: %v", err)
-	}
+	waitDrained(t, p, "a")
 	// The client's connection was closed: reading on, it reaches the end
 	// (or a reset) rather than blocking until the guard.
 	if _, err := io.Copy(io.Discard, br); err != nil && isTimeout(err) {
