@@ -417,6 +417,19 @@ func TestFrontendTimeouts(t *testing.T) {
 	})
 }
 
+// waitShutdown fails t unless the Shutdown reporting on shut returns nil.
+func waitShutdown(t *testing.T, shut <-chan error) {
+	t.Helper()
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Errorf("Shutdown = %v, want nil", err)
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("Shutdown did not return")
+	}
+}
+
 func TestFrontendShutdown(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
@@ -462,14 +475,7 @@ func TestFrontendShutdown(t *testing.T) {
 	if res.StatusCode != 200 || string(body) != "done" || !res.Close {
 		t.Errorf("in-flight request: %d %q close=%v, want 200 \"done\" with Connection: close", res.StatusCode, body, res.Close)
 	}
-	select {
-	case err := <-shut:
-		if err != nil {
-			t.Errorf("Shutdown = %v, want nil", err)
-		}
-	case <-time.After(hangGuard):
-		t.Fatal("Shutdown did not return after the last request")
-	}
+	waitShutdown(t, shut)
 	if err := <-ft.served; err != nil {
 		t.Errorf("Serve = %v, want nil after Shutdown", err)
 	}

@@ -222,14 +222,7 @@ func TestFrontendHandoffDuringShutdown(t *testing.T) {
 			if res.StatusCode != http.StatusServiceUnavailable || eb.Code != codeUnavailable || !res.Close {
 				t.Errorf("request during shutdown = %d %q close=%v, want 503 %q with Connection: close", res.StatusCode, body, res.Close, codeUnavailable)
 			}
-			select {
-			case err := <-shut:
-				if err != nil {
-					t.Errorf("Shutdown = %v, want nil", err)
-				}
-			case <-time.After(hangGuard):
-				t.Fatal("Shutdown did not return")
-			}
+			waitShutdown(t, shut)
 		})
 	}
 }
