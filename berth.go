@@ -9,13 +9,25 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // nameRE is the slug an agent name must match.
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
-// ValidName reports whether s is a valid agent name.
-func ValidName(s string) bool { return nameRE.MatchString(s) }
+// ValidName reports whether s is a valid agent (or user) name: a slug that
+// does not also read as an id. Routes such as /api/v1/agents/{agent_id}
+// take an agent's id or its name, and try the id first, so an agent
+// named like another agent's id (a UUID, which 32 hex digits also are)
+// would be shadowed by it.
+func ValidName(s string) bool {
+	if !nameRE.MatchString(s) {
+		return false
+	}
+	_, err := uuid.Parse(s)
+	return err != nil
+}
 
 // User is an account that can log in with an access key and secret.
 type User struct {
@@ -258,6 +270,10 @@ type Operation struct {
 	ErrorCode      Code
 	Error          string
 	IdempotencyKey string
+	// RequestHash identifies what was asked for under IdempotencyKey (see
+	// lifecycle's request fingerprints): a later request with the same key
+	// is a repeat only if it asks for the same thing.
+	RequestHash string
 	// Result is the response body returned to the caller, kept so that a
 	// repeat with the same IdempotencyKey gets the same answer.
 	Result       json.RawMessage

@@ -89,12 +89,16 @@ type RollbackPlan struct {
 	From, To berth.Version
 	Target   berth.Deployment // the (now running) deployment of To
 	Cleaned  []berth.Deployment
+	// Failed are deployments that failed on the way (a standby that no
+	// longer answered its probe), recorded as failed; those also in
+	// Cleaned are recorded once, as removed.
+	Failed []berth.Deployment
 }
 
 // RollbackCommit builds the one transaction that makes a rollback real:
 // To becomes active, From becomes rolled_back carrying info, From's live
-// deployments stay warm until graceUntil, the cleaned deployments are marked
-// removed, and op is closed.
+// deployments stay warm until graceUntil, the deployments that failed on
+// the way are recorded, the cleaned ones marked removed, and op is closed.
 func RollbackCommit(p RollbackPlan, deployments []berth.Deployment, info berth.RollbackInfo, now, graceUntil time.Time, op berth.Operation) berth.Commit {
 	to := p.To.ID
 	c := berth.Commit{
@@ -119,10 +123,18 @@ func RollbackCommit(p RollbackPlan, deployments []berth.Deployment, info berth.R
 			c.Deployments = append(c.Deployments, d)
 		}
 	}
+	cleaned := make(map[string]bool, len(p.Cleaned))
 	for _, d := range p.Cleaned {
+		cleaned[d.ID] = true
 		d.RemovedAt = &now
 		d.UpdatedAt = now
 		c.Deployments = append(c.Deployments, d)
+	}
+	for _, d := range p.Failed {
+		if !cleaned[d.ID] {
+			d.UpdatedAt = now
+			c.Deployments = append(c.Deployments, d)
+		}
 	}
 	return c
 }

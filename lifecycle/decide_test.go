@@ -103,7 +103,10 @@ func TestRollbackCommit(t *testing.T) {
 	}
 	op := berth.Operation{ID: "op"}
 	info := berth.RollbackInfo{Reason: "bad", Actor: "alice", From: "1.1.0", To: "1.0.0"}
-	c := RollbackCommit(RollbackPlan{From: from, To: to, Target: ds[2], Cleaned: []berth.Deployment{{ID: "d-failed", Status: berth.DeploymentFailed}}}, ds, info, now, grace, op)
+	failed := berth.Deployment{ID: "d-failed", Status: berth.DeploymentFailed}
+	hung := berth.Deployment{ID: "d-hung", VersionID: "v1", Status: berth.DeploymentFailed, Error: "failed its probe"}
+	c := RollbackCommit(RollbackPlan{From: from, To: to, Target: ds[2], Cleaned: []berth.Deployment{failed},
+		Failed: []berth.Deployment{failed, hung}}, ds, info, now, grace, op)
 
 	if c.SetActive == nil || *c.SetActive != "v1" || c.ExpectActive != "v2" {
 		t.Fatalf("RollbackCommit switch = %v (expect %q), want v1 (expect v2)", c.SetActive, c.ExpectActive)
@@ -120,6 +123,9 @@ func TestRollbackCommit(t *testing.T) {
 	}
 	deps := map[string]berth.Deployment{}
 	for _, d := range c.Deployments {
+		if _, dup := deps[d.ID]; dup {
+			t.Errorf("RollbackCommit writes deployment %s twice", d.ID)
+		}
 		deps[d.ID] = d
 	}
 	if d := deps["d-to"]; d.Status != berth.DeploymentRunning || d.StopAt != nil {
@@ -133,6 +139,9 @@ func TestRollbackCommit(t *testing.T) {
 	}
 	if d := deps["d-failed"]; d.RemovedAt == nil || d.Status != berth.DeploymentFailed {
 		t.Errorf("cleaned deployment = %+v, want failed and removed", d)
+	}
+	if d, ok := deps["d-hung"]; !ok || d.Status != berth.DeploymentFailed || d.RemovedAt != nil {
+		t.Errorf("deployment that failed on the way = %+v (recorded %v), want recorded failed, not removed", d, ok)
 	}
 	if c.Operation == nil || c.Operation.ID != "op" {
 		t.Errorf("operation not committed with the switch")

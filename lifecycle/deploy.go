@@ -84,6 +84,11 @@ func (e *Engine) Upload(ctx context.Context, actor berth.User, req DeployRequest
 		}
 		// A retried upload finds the agent its first attempt created.
 		if prev, ok := e.uploadByKey(ctx, actor, name, req.IdempotencyKey); ok {
+			want := berth.Operation{Kind: berth.OpUpload, Actor: actor.Username, IdempotencyKey: req.IdempotencyKey,
+				RequestHash: deployHash(berth.OpUpload, req, pkg)}
+			if err := sameRequest(prev, want); err != nil {
+				return DeployResult{}, err
+			}
 			return replay[DeployResult](prev)
 		}
 		return DeployResult{}, berth.Errorf(berth.CodeConflict, "agent %q already exists; deploy a new version with PUT /api/v1/agents/{agent_id}/update", name)
@@ -181,7 +186,8 @@ func (e *Engine) Update(ctx context.Context, actor berth.User, a berth.Agent, re
 // deploy records version label of agent a, then builds, starts and
 // activates it (in the background when req.Async).
 func (e *Engine) deploy(ctx context.Context, actor berth.User, a berth.Agent, kind berth.OperationKind, label string, pkg artifact.Package, req DeployRequest) (DeployResult, error) {
-	op := berth.Operation{AgentID: a.ID, Kind: kind, Actor: actor.Username, ToVersion: label, FromVersion: a.ActiveVersion, IdempotencyKey: req.IdempotencyKey}
+	op := berth.Operation{AgentID: a.ID, Kind: kind, Actor: actor.Username, ToVersion: label, FromVersion: a.ActiveVersion,
+		IdempotencyKey: req.IdempotencyKey, RequestHash: deployHash(kind, req, pkg)}
 	prev, repeat, stop, err := e.begin(ctx, &op)
 	if err != nil {
 		return DeployResult{}, err

@@ -199,8 +199,9 @@ func (e *Engine) versionDir(agentID, label string) string {
 func (e *Engine) PackagePath(agentID, label string) string { return e.packagePath(agentID, label) }
 
 // begin starts operation op on its agent, taking the agent's guard. If the
-// idempotency key names an earlier operation, that one is returned with
-// repeat=true and nothing is started. The returned stop function ends the
+// idempotency key names an earlier operation that op repeats, that one is
+// returned with repeat=true and nothing is started; if op is another
+// request reusing the key, it is refused (see sameRequest). The returned stop function ends the
 // lease renewal and must be called once the operation is committed.
 func (e *Engine) begin(ctx context.Context, op *berth.Operation) (prev berth.Operation, repeat bool, stop func(), err error) {
 	now := e.now()
@@ -212,6 +213,9 @@ func (e *Engine) begin(ctx context.Context, op *berth.Operation) (prev berth.Ope
 		return berth.Operation{}, false, nil, err
 	}
 	if found {
+		if err := sameRequest(prev, *op); err != nil {
+			return berth.Operation{}, false, nil, err
+		}
 		return prev, true, func() {}, nil
 	}
 	// Renew the lease while the operation runs, so that a long build keeps

@@ -74,6 +74,11 @@ func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, 
 	}
 	res := RollbackResult{AgentID: a.ID, From: from.Version, To: to.Version, Cleaned: ids(cleaned), Warm: warm.ID != ""}
 	if req.DryRun {
+		// The real call would be refused while another operation runs;
+		// so is its rehearsal.
+		if err := e.inProgress(ctx, a.ID, nil); err != nil {
+			return RollbackResult{}, err
+		}
 		res.DryRun = true
 		res.DeploymentID = warm.ID
 		return res, nil
@@ -87,6 +92,7 @@ func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, 
 		FromVersion:    from.Version,
 		ToVersion:      to.Version,
 		IdempotencyKey: req.IdempotencyKey,
+		RequestHash:    rollbackHash(req),
 	}
 	prev, repeat, stop, err := e.begin(ctx, &op)
 	if err != nil {
@@ -114,22 +120,35 @@ func (e *Engine) Rollback(ctx context.Context, actor berth.User, a berth.Agent, 
 }
 
 // refusal is the answer to a rollback refused before taking the agent's
-// guard. "Nothing to roll back to" (or "no such version") while another
-// operation on the agent is still running, say its first upload, is a
-// verdict on a state about to change: the caller is told about that
-// operation instead, as a rollback that reached the guard would be.
+// guard. A refusal while another operation on the agent runs (its first
+// upload, an update) is a verdict on a state about to change: "nothing to
+// roll back to", "no such version", "1.2.0 was never built", "1.1.0 is the
+// current version" may all be false a moment later. The caller is told
+// about that operation instead, as a rollback that reached the guard
+// would be.
 func (e *Engine) refusal(ctx context.Context, agentID string, decideErr error) error {
-	if !isCode(decideErr, berth.CodeNoRollbackTarget) && !isCode(decideErr, berth.CodeNotFound) {
-		return decideErr
+	if err := e.inProgress(ctx, agentID, decideErr); err != nil {
+		return err
 	}
+	return decideErr
+}
+
+// inProgress returns the operation_in_progress error naming the operation
+// running on the agent, with cause (if any) in its message, or nil when
+// none runs.
+func (e *Engine) inProgress(ctx context.Context, agentID string, cause error) error {
+	// Only the newest operation can be running: it holds the agent's
+	// guard, and no other can begin while it does.
 	ops, err := e.store.ListOperations(ctx, agentID, 1)
 	if err != nil || len(ops) == 0 || ops[0].Status != berth.OpRunning {
-		return decideErr
+		return nil
 	}
 	op := ops[0]
-	return &berth.Error{Code: berth.CodeOperationInProgress, OperationID: op.ID,
-		Message: fmt.Sprintf("%s operation %s is in progress on this agent; try again when it has finished (%s)",
-			op.Kind, op.ID, berth.ErrorMessage(decideErr)), Err: decideErr}
+	msg := fmt.Sprintf("%s operation %s is in progress on this agent; try again when it has finished", op.Kind, op.ID)
+	if cause != nil {
+		msg += " (" + berth.ErrorMessage(cause) + ")"
+	}
+	return &berth.Error{Code: berth.CodeOperationInProgress, OperationID: op.ID, Message: msg, Err: cause}
 }
 
 // decideRollback reads what the decision needs and chooses the target.
@@ -196,7 +215,7 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 	op.FromVersion, op.ToVersion = from.Version, to.Version
 
 	readyStart := time.Now()
-	target, url, fails, err := e.readyTarget(ctx, a, to, warm)
+	target, url, fails, err := e.readyTarget(ctx, a, to, warm, req.CleanupFailed)
 	readyWait := time.Since(readyStart)
 	if err != nil {
 		// The current version keeps serving: nothing about it changed. The
@@ -229,7 +248,7 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 	e.finish(op, res, nil)
 	info := berth.RollbackInfo{OperationID: op.ID, Reason: req.Reason, Actor: actor.Username, From: from.Version, To: to.Version, At: now}
 	target.URL = url
-	c := RollbackCommit(RollbackPlan{From: from, To: to, Target: target, Cleaned: cleaned}, ds, info, now, now.Add(e.cfg.Grace), *op)
+	c := RollbackCommit(RollbackPlan{From: from, To: to, Target: target, Cleaned: cleaned, Failed: fails}, ds, info, now, now.Add(e.cfg.Grace), *op)
 	if err := e.store.Commit(ctx, c); err != nil {
 		err = &berth.Error{Code: berth.ErrorCode(err),
 			Message: "rollback to " + to.Version + " could not be committed; " + from.Version + " keeps serving: " + berth.ErrorMessage(err), Err: err}
@@ -246,6 +265,9 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 	// requests finish on the old deployment, which stays warm for Grace.
 	e.router.Route(a.Name, url)
 	for _, d := range cleaned {
+		if d.ID == warm.ID && !res.Warm {
+			continue // a standby that failed its probe: readyTarget stops it
+		}
 		if err := e.rt.Remove(ctx, d.ID); err != nil {
 			e.log.Warn("remove failed deployment", "deployment", d.ID, "err", err)
 		}
@@ -261,14 +283,31 @@ func (e *Engine) executeRollback(ctx context.Context, actor berth.User, a berth.
 
 // readyTarget returns a healthy deployment of version to: the warm one if
 // it still answers its probe, or a new one started cold from the version's
-// artifact and config. fails holds deployments that failed on the way.
-func (e *Engine) readyTarget(ctx context.Context, a berth.Agent, to berth.Version, warm berth.Deployment) (d berth.Deployment, url string, fails []berth.Deployment, err error) {
+// artifact and config. fails holds deployments that failed on the way. A
+// standby that failed its probe is among them, and is stopped (removed,
+// with cleanup) in the background: it may be hung, and a graceful stop of
+// a hung process takes the whole stop timeout, which the rollback must not
+// wait for.
+func (e *Engine) readyTarget(ctx context.Context, a berth.Agent, to berth.Version, warm berth.Deployment, cleanup bool) (d berth.Deployment, url string, fails []berth.Deployment, err error) {
 	if warm.ID != "" {
-		if err := e.rt.Probe(ctx, warm.ID); err == nil {
+		perr := e.rt.Probe(ctx, warm.ID)
+		if perr == nil {
 			return warm, warm.URL, nil, nil
-		} else {
-			e.log.Warn("standby failed its probe; starting the target cold", "deployment", warm.ID, "err", err)
 		}
+		e.log.Warn("standby failed its probe; starting the target cold", "deployment", warm.ID, "err", perr)
+		bad := warm
+		bad.Status, bad.UpdatedAt = berth.DeploymentFailed, e.now()
+		bad.Error = "failed its health probe when a rollback switched to it: " + berth.ErrorMessage(perr)
+		fails = append(fails, bad)
+		e.goBG(func(bg context.Context) {
+			stop := e.rt.Stop
+			if cleanup {
+				stop = e.rt.Remove
+			}
+			if err := stop(bg, bad.ID); err != nil {
+				e.log.Warn("stop standby that failed its probe", "deployment", bad.ID, "err", err)
+			}
+		})
 	}
 	now := e.now()
 	d = berth.Deployment{
@@ -284,7 +323,7 @@ func (e *Engine) readyTarget(ctx context.Context, a berth.Agent, to berth.Versio
 	// Record the deployment before starting it, so that a crash mid-start
 	// leaves a record the reconciler can close.
 	if err := e.store.CreateDeployment(ctx, d); err != nil {
-		return d, "", nil, err
+		return d, "", fails, err
 	}
 	inst, err := e.rt.Start(ctx, e.spec(a, to, d.ID))
 	if err != nil {
@@ -295,10 +334,10 @@ func (e *Engine) readyTarget(ctx context.Context, a berth.Agent, to berth.Versio
 		} else {
 			err = &berth.Error{Code: berth.CodeTargetUnhealthy, Message: "target version " + to.Version + " failed its health check; the current version keeps serving: " + berth.ErrorMessage(err), Err: err}
 		}
-		return d, "", []berth.Deployment{d}, err
+		return d, "", append(fails, d), err
 	}
 	d.URL = inst.URL
-	return d, inst.URL, nil, nil
+	return d, inst.URL, fails, nil
 }
 
 func ids(ds []berth.Deployment) []string {

@@ -12,7 +12,7 @@ import (
 )
 
 const opCols = `id, agent_id, kind, status, actor, reason, from_version, to_version, error_code, error_message,
-	idempotency_key, result, result_status, started_at, finished_at, duration_ms`
+	idempotency_key, request_hash, result, result_status, started_at, finished_at, duration_ms`
 
 // opColsO is opCols qualified with the alias o, for joins.
 var opColsO = "o." + strings.ReplaceAll(opCols, ", ", ", o.")
@@ -36,7 +36,7 @@ func (s *Store) scanOp(sc scanner) (berth.Operation, error) {
 // scanOpAnd scans opCols into op, followed by the columns into extra.
 func (s *Store) scanOpAnd(sc scanner, op *berth.Operation, extra ...any) error {
 	return sc.Scan(append([]any{&op.ID, &op.AgentID, &op.Kind, &op.Status, &op.Actor, &op.Reason, &op.FromVersion,
-		&op.ToVersion, &op.ErrorCode, &op.Error, nullStringCol{&op.IdempotencyKey}, rawCol{&op.Result},
+		&op.ToVersion, &op.ErrorCode, &op.Error, nullStringCol{&op.IdempotencyKey}, &op.RequestHash, rawCol{&op.Result},
 		&op.ResultStatus, timeCol{s.d, &op.StartedAt}, nullTimeCol{s.d, &op.FinishedAt}, &op.DurationMS}, extra...)...)
 }
 
@@ -127,9 +127,9 @@ func (s *Store) BeginOperation(ctx context.Context, op berth.Operation, leaseUnt
 		}
 
 		if _, err := tx.ExecContext(ctx, `INSERT INTO operations (`+opCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
-			op.ID, op.AgentID, string(op.Kind), string(op.Status), op.Actor, op.Reason, op.FromVersion, op.ToVersion,
-			string(op.ErrorCode), s.d.Text(op.Error), nullString(op.IdempotencyKey), rawArg(op.Result), op.ResultStatus,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+			op.ID, op.AgentID, string(op.Kind), string(op.Status), op.Actor, s.d.Text(op.Reason), op.FromVersion, op.ToVersion,
+			string(op.ErrorCode), s.d.Text(op.Error), nullString(op.IdempotencyKey), op.RequestHash, rawArg(op.Result), op.ResultStatus,
 			s.d.Time(op.StartedAt), s.nullTime(op.FinishedAt), op.DurationMS); err != nil {
 			return conflict(s.dbErr(err, "begin operation"), "operation %s already exists", op.ID)
 		}
@@ -230,7 +230,7 @@ func (s *Store) Commit(ctx context.Context, c berth.Commit) error {
 					error_code = $5, error_message = $6, result = $7, result_status = $8,
 					finished_at = $9, duration_ms = $10
 				WHERE id = $11 AND agent_id = $12`,
-				string(op.Status), op.Reason, op.FromVersion, op.ToVersion, string(op.ErrorCode), s.d.Text(op.Error),
+				string(op.Status), s.d.Text(op.Reason), op.FromVersion, op.ToVersion, string(op.ErrorCode), s.d.Text(op.Error),
 				rawArg(op.Result), op.ResultStatus, s.nullTime(op.FinishedAt), op.DurationMS, op.ID, agentID)
 			if err != nil {
 				return err

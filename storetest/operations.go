@@ -47,6 +47,7 @@ func testOperationGuard(t *testing.T, s berth.Store) {
 
 	op1 := newOp(a.ID, berth.OpUpdate)
 	op1.IdempotencyKey = "key-" + op1.ID
+	op1.RequestHash = "fingerprint-" + op1.ID
 	op1.FromVersion, op1.ToVersion = "1.0.0", "1.1.0"
 	begin(t, s, op1, hour())
 	wantOp(t, s, op1, "after BeginOperation")
