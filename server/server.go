@@ -86,6 +86,7 @@ type Server struct {
 	proxy   *proxy.Proxy
 	engine  *lifecycle.Engine
 	api     *berthhttp.Server
+	lock    *os.File // the data dir's lock (see lockDataDir)
 }
 
 // Open prepares the data directory, the store (bootstrapping the first
@@ -113,11 +114,19 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	log := cfg.Logger
+	// Before anything touches the data dir's agents or store.
+	lock, err := lockDataDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
 	st, err := openStore(ctx, cfg)
 	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, store: st}
+	s := &Server{cfg: cfg, log: log, store: st, lock: lock}
 	fail := func(err error) (*Server, error) {
 		s.close()
 		return nil, err
@@ -239,6 +248,10 @@ func (s *Server) close() {
 		if err := s.store.Close(); err != nil {
 			s.log.Warn("close store", "err", err)
 		}
+	}
+	if s.lock != nil {
+		// Last: the agents are stopped and the store closed.
+		s.lock.Close()
 	}
 }
 
