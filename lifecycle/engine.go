@@ -388,7 +388,13 @@ func (e *Engine) OnStatus(deploymentID string, status berth.DeploymentStatus, re
 	if err := e.store.UpdateDeployment(ctx, d); err != nil {
 		e.log.Error("record deployment status", "deployment", deploymentID, "err", err)
 	}
-	e.log.Warn("deployment status changed", "deployment", deploymentID, "agent", d.AgentID, "version", d.Version,
+	// A deployment back to running after a restart is good news; a
+	// crash or giving up is not.
+	level := slog.LevelWarn
+	if status == berth.DeploymentRunning {
+		level = slog.LevelInfo
+	}
+	e.log.Log(ctx, level, "deployment status changed", "deployment", deploymentID, "agent", d.AgentID, "version", d.Version,
 		"status", status, "restarts", restarts, "msg", msg)
 	if status != berth.DeploymentFailed || e.cfg.NoAutoRollback {
 		return

@@ -113,29 +113,37 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	log := cfg.Logger
 	// Before anything touches the data dir's agents or store.
 	lock, err := lockDataDir(dataDir)
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStore(ctx, cfg)
-	if err != nil {
-		if lock != nil {
-			lock.Close()
+	// The token secret before the store: a bad one must stop the start
+	// before a database is created and the first superuser written.
+	secret, err := jwtSecret(dataDir, cfg.JWTSecret)
+	if err == nil {
+		var st berth.Store
+		if st, err = openStore(ctx, cfg); err == nil {
+			return open(ctx, cfg, st, lock, secret)
 		}
-		return nil, fmt.Errorf("open store: %w", err)
+		err = fmt.Errorf("open store: %w", err)
 	}
+	if lock != nil {
+		lock.Close()
+	}
+	return nil, err
+}
+
+// open is Open once the data dir is locked, the token secret known and the
+// store open; on failure it closes them.
+func open(ctx context.Context, cfg Config, st berth.Store, lock *os.File, secret []byte) (*Server, error) {
+	log, dataDir := cfg.Logger, cfg.DataDir
 	s := &Server{cfg: cfg, log: log, store: st, lock: lock}
 	fail := func(err error) (*Server, error) {
 		s.close()
 		return nil, err
 	}
 	if err := bootstrapAdmin(ctx, st, dataDir, cfg.AdminAccessKey, cfg.AdminAccessSecret, log); err != nil {
-		return fail(err)
-	}
-	secret, err := jwtSecret(dataDir, cfg.JWTSecret)
-	if err != nil {
 		return fail(err)
 	}
 

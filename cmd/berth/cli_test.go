@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -335,6 +336,52 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 	}
 	if out := u.ok("--help"); !strings.Contains(out, "rollback") {
 		t.Errorf("berth --help = %q, want the command list", out)
+	}
+}
+
+// serve refuses bad settings, from flags or from the environment, before
+// it starts: a typo must not silently become a default (BERTH_READY_TIMEOUT=30
+// is not 30 seconds) or leave a half-made data dir (a short JWT secret).
+func TestServeRefusesBadSettings(t *testing.T) {
+	t.Parallel()
+	u := newUser(t)
+	tests := []struct {
+		env  string
+		args []string
+		want string
+	}{
+		{"BERTH_READY_TIMEOUT=30", nil, "BERTH_READY_TIMEOUT"},
+		{"BERTH_WRITE_TIMEOUT=soon", nil, "BERTH_WRITE_TIMEOUT"},
+		{"BERTH_NO_AUTO_ROLLBACK=yes", nil, "BERTH_NO_AUTO_ROLLBACK"},
+		{"BERTH_STANDBY=two", nil, "BERTH_STANDBY"},
+		{"BERTH_LOG_FORMAT=xml", nil, "--log-format"},
+		{"", []string{"--log-format", "xml"}, "--log-format"},
+		{"", []string{"--standby", "-1"}, "--standby"},
+		{"", []string{"--max-upload-mb", "0"}, "--max-upload-mb"},
+		{"", []string{"--ready-timeout", "0s"}, "--ready-timeout"},
+		{"", []string{"--rollback-grace", "-1s"}, "--rollback-grace"},
+		{"", []string{"--runtime", "docker"}, "--runtime"},
+		{"", []string{"--log-level", "loud"}, "--log-level"},
+	}
+	for _, tt := range tests {
+		c := u
+		if tt.env != "" {
+			c = u.with(tt.env)
+		}
+		dataDir := filepath.Join(t.TempDir(), "data")
+		// An address that cannot be listened on: a setting wrongly
+		// accepted makes serve fail with exit 1 instead of running on.
+		args := append([]string{"serve", "--data-dir", dataDir, "--addr", "256.0.0.1:1"}, tt.args...)
+		c.fails(2, []string{tt.want}, args...)
+		if _, err := os.Stat(dataDir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("berth %v with %s made the data dir (%v), want nothing made", tt.args, tt.env, err)
+		}
+	}
+	// A short token secret stops the start before any superuser exists.
+	dataDir := filepath.Join(t.TempDir(), "data")
+	u.with("BERTH_JWT_SECRET=short").fails(1, []string{"BERTH_JWT_SECRET"}, "serve", "--data-dir", dataDir, "--addr", "127.0.0.1:0")
+	if _, err := os.Stat(filepath.Join(dataDir, "admin-credentials.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("admin credentials after a refused start: %v, want none written", err)
 	}
 }
 
