@@ -58,7 +58,7 @@ func ChooseTarget(in TargetInput) (berth.Version, error) {
 		return v, nil
 	}
 	return berth.Version{}, berth.Errorf(berth.CodeNoRollbackTarget,
-		"no earlier good version to roll back to from %s (pass target_version to choose one)", in.Current.Version)
+		"no earlier good version to roll back to from %s (name one with target_version, or berth rollback --to)", in.Current.Version)
 }
 
 // FailedToClean returns the failed deployments whose runtime files have not
