@@ -1,15 +1,22 @@
 package http
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -45,7 +52,7 @@ func (s *Server) lookupAgent(r *http.Request, ref string) (berth.Agent, error) {
 	return a, err
 }
 
-// boolParam parses an optional boolean query or form value.
+// boolParam parses an optional boolean form value ("" = def).
 func boolParam(v string, def bool, name string) (bool, error) {
 	if v == "" {
 		return def, nil
@@ -55,6 +62,53 @@ func boolParam(v string, def bool, name string) (bool, error) {
 		return def, berth.Errorf(berth.CodeInvalid, "%s must be true or false, not %q", name, v)
 	}
 	return b, nil
+}
+
+// queryParams parses r's query string for a route that takes only the
+// parameters accepted. A malformed query, a parameter the route does not
+// take and one given twice are refused with CodeInvalid: on a mutating
+// route a typo such as ?dryrun=true, silently ignored, would turn a dry run
+// into the real thing.
+func queryParams(r *http.Request, accepted ...string) (url.Values, error) {
+	// url.Values from r.URL.Query() silently drops what it cannot parse
+	// (a bad %-escape, a ';'), which is as dangerous as an unknown name.
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, berth.Errorf(berth.CodeInvalid, "malformed query string: %v", err)
+	}
+	// In name order, so that the answer does not vary between requests.
+	for _, name := range slices.Sorted(maps.Keys(q)) {
+		vs := q[name]
+		if !slices.Contains(accepted, name) {
+			return nil, berth.Errorf(berth.CodeInvalid, "unknown query parameter %q; %s", name, acceptedParams(accepted))
+		}
+		if len(vs) > 1 {
+			return nil, berth.Errorf(berth.CodeInvalid, "query parameter %q is given %d times; give it once", name, len(vs))
+		}
+	}
+	return q, nil
+}
+
+// acceptedParams describes the query parameters a route takes.
+func acceptedParams(accepted []string) string {
+	if len(accepted) == 0 {
+		return "this route takes no query parameters"
+	}
+	return "accepted: " + strings.Join(slices.Sorted(slices.Values(accepted)), ", ")
+}
+
+// boolQuery parses the optional boolean query parameter name of q (def
+// when absent). A parameter given without a value (?dry_run) is refused
+// rather than read as absent: whoever typed it meant something by it.
+func boolQuery(q url.Values, name string, def bool) (bool, error) {
+	vs, ok := q[name]
+	if !ok {
+		return def, nil
+	}
+	if len(vs) == 0 || vs[0] == "" {
+		return def, berth.Errorf(berth.CodeInvalid, "%s needs a value: %s=true or %s=false", name, name, name)
+	}
+	return boolParam(vs[0], def, name)
 }
 
 // deployForm is the multipart form of upload and update.
@@ -204,7 +258,12 @@ func (s *Server) agentURL(name string) string {
 }
 
 func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request, u berth.User) {
-	wait, err := boolParam(r.URL.Query().Get("wait"), false, "wait")
+	q, err := queryParams(r, "wait")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	wait, err := boolQuery(q, "wait", false)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -221,6 +280,10 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request, u berth.Us
 		IdempotencyKey: r.Header.Get("Idempotency-Key"),
 	}
 	if d, ok := form.fields["description"]; ok {
+		if err := checkText("description", d, true); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		req.Description = &d
 	}
 	res, err := s.engine.Upload(r.Context(), u, req)
@@ -255,12 +318,19 @@ type updateData struct {
 }
 
 func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request, u berth.User) {
-	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	// The query first, as rollback does: a malformed request is refused
+	// the same way whatever the agent.
+	q, err := queryParams(r, "wait")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	wait, err := boolParam(r.URL.Query().Get("wait"), false, "wait")
+	wait, err := boolQuery(q, "wait", false)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -315,24 +385,45 @@ func updateRequest(form deployForm, async bool, idempotencyKey string) (lifecycl
 		IdempotencyKey: idempotencyKey,
 	}
 	if d, ok := form.fields["description"]; ok {
+		if err := checkText("description", d, true); err != nil {
+			return lifecycle.DeployRequest{}, err
+		}
 		req.Description = &d
 	}
 	return req, nil
 }
 
-// RollbackBody is the rollback request body. Every field is optional.
+// RollbackBody is the rollback request body. Every field is optional;
+// target_version and reason may be null (as omitted), cleanup_failed may
+// not (openapi.json types it as a plain boolean).
 type RollbackBody struct {
 	TargetVersion *string `json:"target_version"`
 	CleanupFailed *bool   `json:"cleanup_failed"`
 	Reason        *string `json:"reason"`
 }
 
+// Limits of the rollback body's strings, in bytes.
+const (
+	maxTargetVersion = 128
+	maxReason        = 4096
+)
+
 // ParseRollbackBody strictly parses a rollback request body into a request
-// (empty body = all defaults).
+// (empty body = all defaults). Beyond DecodeStrict's rules it refuses a
+// null cleanup_failed, an empty or over-long target_version, an over-long
+// reason, control characters in target_version, and control characters
+// other than tab, newline and carriage return in reason; all with
+// CodeInvalidBody.
 func ParseRollbackBody(body []byte) (lifecycle.RollbackRequest, error) {
 	var b RollbackBody
 	if err := DecodeStrict(body, &b, true); err != nil {
 		return lifecycle.RollbackRequest{}, err
+	}
+	if b.CleanupFailed == nil && cleanupFailedIsNull(body) {
+		// A *bool cannot tell null from absent, and null must not quietly
+		// mean the destructive default.
+		return lifecycle.RollbackRequest{}, berth.Errorf(berth.CodeInvalidBody,
+			"cleanup_failed must be true or false, not null; omit it for the default (true)")
 	}
 	req := lifecycle.RollbackRequest{CleanupFailed: true}
 	if b.TargetVersion != nil {
@@ -340,30 +431,81 @@ func ParseRollbackBody(body []byte) (lifecycle.RollbackRequest, error) {
 		if req.Target == "" {
 			return req, berth.Errorf(berth.CodeInvalidBody, "target_version must not be empty; omit it for the last known good version")
 		}
-		if len(req.Target) > 128 {
-			return req, berth.Errorf(berth.CodeInvalidBody, "target_version is too long")
+		if len(req.Target) > maxTargetVersion {
+			return req, berth.Errorf(berth.CodeInvalidBody, "target_version is longer than %d bytes", maxTargetVersion)
+		}
+		// A version label (MAJOR.MINOR.PATCH) has no control characters,
+		// not even whitespace ones; anything else that is not a label is
+		// left to the lookup, which answers 404 as for any unknown one.
+		if err := checkText("target_version", req.Target, false); err != nil {
+			return req, err
 		}
 	}
 	if b.CleanupFailed != nil {
 		req.CleanupFailed = *b.CleanupFailed
 	}
 	if b.Reason != nil {
-		if len(*b.Reason) > 4096 {
-			return req, berth.Errorf(berth.CodeInvalidBody, "reason is longer than 4096 bytes")
+		if len(*b.Reason) > maxReason {
+			return req, berth.Errorf(berth.CodeInvalidBody, "reason is longer than %d bytes", maxReason)
+		}
+		// Free text may span lines; other control characters (a NUL
+		// above all, which PostgreSQL refuses in text) may not.
+		if err := checkText("reason", *b.Reason, true); err != nil {
+			return req, err
 		}
 		req.Reason = *b.Reason
 	}
 	return req, nil
 }
 
+// cleanupFailedIsNull reports whether body, an object DecodeStrict
+// accepted, gives cleanup_failed as null (the last one, if given twice, as
+// the decoder does).
+func cleanupFailedIsNull(body []byte) bool {
+	var raw struct {
+		CleanupFailed json.RawMessage `json:"cleanup_failed"`
+	}
+	if len(bytes.TrimSpace(body)) == 0 || json.Unmarshal(body, &raw) != nil {
+		return false
+	}
+	return string(raw.CleanupFailed) == "null"
+}
+
+// checkText refuses, with CodeInvalidBody naming field, invalid UTF-8 and
+// control characters (C0, DEL, C1); multiline allows tab, newline and
+// carriage return.
+func checkText(field, s string, multiline bool) error {
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			// encoding/json already turns invalid UTF-8 into U+FFFD; this
+			// keeps the rule whatever the string came from.
+			return berth.Errorf(berth.CodeInvalidBody, "%s is not valid UTF-8 (at byte %d)", field, i)
+		case multiline && (r == '\t' || r == '\n' || r == '\r'):
+		case unicode.IsControl(r) && multiline:
+			return berth.Errorf(berth.CodeInvalidBody,
+				"%s must not contain control characters other than tab, newline and carriage return (found %U at byte %d)", field, r, i)
+		case unicode.IsControl(r):
+			return berth.Errorf(berth.CodeInvalidBody, "%s must not contain control characters (found %U at byte %d)", field, r, i)
+		}
+		i += n
+	}
+	return nil
+}
+
 func (s *Server) handleRollback(w http.ResponseWriter, r *http.Request, u berth.User) {
-	q := r.URL.Query()
-	wait, err := boolParam(q.Get("wait"), true, "wait")
+	q, err := queryParams(r, "wait", "dry_run")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	dry, err := boolParam(q.Get("dry_run"), false, "dry_run")
+	wait, err := boolQuery(q, "wait", true)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	dry, err := boolQuery(q, "dry_run", false)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -1,11 +1,15 @@
 package http
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/berthhq/berth"
@@ -39,6 +43,16 @@ var rollbackSeeds = []string{
 	`{"cleanup_failed":true,"cleanup_failed":false}`,
 	"\xef\xbb\xbf{}",
 	`{"target_version":"1.0.0\u0000"}`,
+	`{"cleanup_failed":null}`,
+	`{"cleanup_failed":null,"cleanup_failed":false}`,
+	`{"CLEANUP_FAILED":false}`,
+	`{"Target_Version":"1.0.0"}`,
+	`{"Reason":"x"}`,
+	`{"re\u0061son":"escaped key"}`,
+	`{"reason":"a\u0000b"}`,
+	`{"reason":"c1 \u0085 del \u007f esc \u001b"}`,
+	`{"reason":"line\nline\r\n\ttab \u00e9 \ud83d\udc1b"}`,
+	`{"target_version":"1.0\t.0"}`,
 }
 
 func FuzzParseRollbackBody(f *testing.F) {
@@ -62,6 +76,32 @@ func FuzzParseRollbackBody(f *testing.F) {
 		}
 		if !utf8.ValidString(req.Target) || !utf8.ValidString(req.Reason) {
 			t.Fatalf("ParseRollbackBody(%q) = %+v: invalid UTF-8 accepted", body, req)
+		}
+		for _, r := range req.Target {
+			if unicode.IsControl(r) {
+				t.Fatalf("ParseRollbackBody(%q) = %+v: control character %U accepted in the target", body, req, r)
+			}
+		}
+		for _, r := range req.Reason {
+			if unicode.IsControl(r) && r != '\t' && r != '\n' && r != '\r' {
+				t.Fatalf("ParseRollbackBody(%q) = %+v: control character %U accepted in the reason", body, req, r)
+			}
+		}
+		// Only the exact field names, and no null cleanup_failed (the
+		// last one counts, as in the decoder).
+		if len(strings.TrimSpace(string(body))) > 0 {
+			var obj map[string]json.RawMessage
+			if err := json.Unmarshal(body, &obj); err != nil {
+				t.Fatalf("ParseRollbackBody(%q) accepted, but it is not a JSON object: %v", body, err)
+			}
+			for k := range obj {
+				if k != "target_version" && k != "cleanup_failed" && k != "reason" {
+					t.Fatalf("ParseRollbackBody(%q) accepted field %q", body, k)
+				}
+			}
+			if string(obj["cleanup_failed"]) == "null" {
+				t.Fatalf("ParseRollbackBody(%q) = %+v: accepted a null cleanup_failed", body, req)
+			}
 		}
 
 		// Re-encode what was understood and parse it again.
@@ -87,25 +127,123 @@ func FuzzParseRollbackBody(f *testing.F) {
 	})
 }
 
-// strictTarget is a struct with the field types request bodies use.
+// strictTarget is a struct with the field types request bodies use, and
+// the nesting (embedded, nested, in lists and maps) the name check follows.
 type strictTarget struct {
-	Name    string            `json:"name"`
-	Count   int               `json:"count"`
-	Small   int8              `json:"small"`
-	Ratio   float64           `json:"ratio"`
-	Flag    *bool             `json:"flag"`
-	Tags    []string          `json:"tags"`
-	Env     map[string]string `json:"env"`
-	Nested  *strictNested     `json:"nested"`
-	Pointer *string           `json:"pointer"`
+	strictEmbedded
+	Name    string                  `json:"name"`
+	Count   int                     `json:"count"`
+	Small   int8                    `json:"small"`
+	Ratio   float64                 `json:"ratio"`
+	Flag    *bool                   `json:"flag"`
+	Tags    []string                `json:"tags"`
+	Env     map[string]string       `json:"env"`
+	Nested  *strictNested           `json:"nested"`
+	Pointer *string                 `json:"pointer"`
+	Items   []strictNested          `json:"items"`
+	ByKey   map[string]strictNested `json:"by_key"`
 }
 
 type strictNested struct {
 	ID string `json:"id"`
 }
 
+type strictEmbedded struct {
+	Extra string `json:"extra"`
+}
+
 // strictFields are the JSON names strictTarget knows, at the top level.
-var strictFields = []string{"name", "count", "small", "ratio", "flag", "tags", "env", "nested", "pointer"}
+var strictFields = []string{"name", "count", "small", "ratio", "flag", "tags", "env", "nested", "pointer", "items", "by_key", "extra"}
+
+// errKeyShape stops strictKeysExact where body is not shaped like a
+// strictTarget.
+var errKeyShape = errors.New("not shaped like a strictTarget")
+
+// strictKeysExact reports whether every key of body, one JSON object for a
+// strictTarget, is spelled exactly as a field of the struct it goes into,
+// at every depth, duplicates included. It walks with json.Decoder's tokens,
+// independently of DecodeStrict's own scan, and fails with errKeyShape or a
+// syntax error where it cannot tell.
+func strictKeysExact(body []byte) (bool, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	exact := true
+	skip := func() error {
+		var raw json.RawMessage
+		return dec.Decode(&raw)
+	}
+	// object walks an object (or null), calling value for each key's
+	// value; allowed nil means any key.
+	var object func(allowed []string, value func(key string) error) error
+	object = func(allowed []string, value func(key string) error) error {
+		tok, err := dec.Token()
+		if err != nil || tok == nil {
+			return err
+		}
+		if tok != json.Delim('{') {
+			return errKeyShape
+		}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			key := tok.(string)
+			if allowed != nil && !slices.Contains(allowed, key) {
+				exact = false
+			}
+			if err := value(key); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token()
+		return err
+	}
+	nested := func() error {
+		return object([]string{"id"}, func(string) error { return skip() })
+	}
+	err := object(strictFields, func(key string) error {
+		switch key {
+		case "nested":
+			return nested()
+		case "by_key":
+			return object(nil, func(string) error { return nested() })
+		case "items":
+			tok, err := dec.Token()
+			if err != nil || tok == nil {
+				return err
+			}
+			if tok != json.Delim('[') {
+				return errKeyShape
+			}
+			for dec.More() {
+				if err := nested(); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		}
+		return skip()
+	})
+	return exact, err
+}
+
+// stdAccepts reports whether encoding/json alone, as strict as it goes
+// (unknown fields refused, in any case), takes body as one strictTarget.
+func stdAccepts(body []byte) bool {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var v strictTarget
+	if dec.Decode(&v) != nil || dec.More() {
+		return false
+	}
+	_, err := dec.Token()
+	return err == io.EOF
+}
 
 func FuzzDecodeStrict(f *testing.F) {
 	for _, s := range []string{
@@ -115,6 +253,15 @@ func FuzzDecodeStrict(f *testing.F) {
 		`{"unknown":1}`,
 		`{"nested":{"id":"n","extra":true}}`,
 		`{"Name":"case folded"}`,
+		`{"NESTED":{"id":"n"}}`,
+		`{"nested":{"ID":"n"}}`,
+		`{"extra":"promoted","Extra":"x"}`,
+		`{"items":[{"id":"a"},{"Id":"b"}],"by_key":{"K":{"id":"c"}}}`,
+		`{"by_key":{"k":{"iD":"c"}}}`,
+		`{"n\u0061me":"escaped"}`,
+		`{"\u004eame":"escaped, folded"}`,
+		`{"nested":{"ID":"a"},"nested":{"id":"b"}}`,
+		`{"by_key":{"k":{"id":"a","Id":"b"}}}`,
 		`{"name":1}`,
 		`{"count":"1"}`,
 		`{"count":1.5}`,
@@ -156,6 +303,13 @@ func FuzzDecodeStrict(f *testing.F) {
 			if trimmed == "" && allowEmpty {
 				t.Fatalf("DecodeStrict(%q, allowEmpty) refused an empty body: %v", body, err)
 			}
+			// What encoding/json takes is refused only for a key in
+			// the wrong case.
+			if stdAccepts(body) {
+				if exact, werr := strictKeysExact(body); werr == nil && exact {
+					t.Fatalf("DecodeStrict(%q) = %v, but encoding/json accepts it and its keys are exact", body, err)
+				}
+			}
 			return
 		}
 		if trimmed == "" {
@@ -168,24 +322,12 @@ func FuzzDecodeStrict(f *testing.F) {
 			return
 		}
 		// Accepted: exactly one JSON object, nothing after it, and only
-		// known fields.
+		// known fields, spelled exactly (case included) at every depth.
 		if trimmed[0] != '{' || !json.Valid([]byte(trimmed)) {
 			t.Fatalf("DecodeStrict(%q) accepted something that is not exactly one JSON object", body)
 		}
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(body, &obj); err != nil {
-			t.Fatalf("DecodeStrict(%q) accepted, but it is not a JSON object: %v", body, err)
-		}
-		for k := range obj {
-			known := false
-			for _, f := range strictFields {
-				if strings.EqualFold(k, f) {
-					known = true
-				}
-			}
-			if !known {
-				t.Fatalf("DecodeStrict(%q) accepted unknown field %q", body, k)
-			}
+		if exact, err := strictKeysExact(body); err != nil || !exact {
+			t.Fatalf("DecodeStrict(%q) accepted a key not spelled exactly as its field (exact=%v, %v)", body, exact, err)
 		}
 		// Re-encoding and decoding again gives the same value.
 		again, err := json.Marshal(v)
@@ -231,6 +373,11 @@ func TestDecodeStrictTable(t *testing.T) {
 		{`{"small":128}`, false, false},
 		{`{"ratio":1e400}`, false, false},
 		{` {"name":"ok"} `, false, true},
+		{`{"Name":"a"}`, false, false},
+		{`{"nested":{"ID":"n"}}`, false, false},
+		{`{"items":[{"id":"a"}],"by_key":{"K":{"id":"b"}},"extra":"e"}`, false, true},
+		{`{"items":[{"Id":"a"}]}`, false, false},
+		{`{"EXTRA":"e"}`, false, false},
 	} {
 		var v strictTarget
 		err := DecodeStrict([]byte(c.body), &v, c.allowEmpty)

@@ -67,6 +67,9 @@ func parseRegistryBody(w http.ResponseWriter, r *http.Request) (registryRequest,
 		if err := json.Unmarshal(v, f.dst); err != nil {
 			return req, nil, berth.Errorf(berth.CodeInvalidBody, "field %q must be a string", f.key)
 		}
+		if err := checkText(f.key, *f.dst, true); err != nil {
+			return req, nil, err
+		}
 	}
 	// Fields Berth owns are not taken from the body.
 	for _, k := range []string{"id", "url", "owner_id", "created_at", "updated_at", "version"} {
@@ -237,6 +240,11 @@ func (s *Server) handleUploadAgents(w http.ResponseWriter, r *http.Request, u be
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, u berth.User) {
+	// A typo such as ?dry_run=true must not delete for real.
+	if _, err := queryParams(r); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
 	if err != nil {
 		s.writeError(w, r, err)

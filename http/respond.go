@@ -4,11 +4,17 @@ package http
 
 import (
 	"bytes"
+	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"unicode"
 
 	"github.com/berthhq/berth"
 )
@@ -121,7 +127,12 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) 
 }
 
 // DecodeStrict decodes one JSON object from body into v, refusing unknown
-// fields, wrong types and trailing data with CodeInvalidBody.
+// fields, wrong types and trailing data with CodeInvalidBody. Field names
+// must match v's JSON names exactly: encoding/json would also take
+// "Reason" or "CLEANUP_FAILED" for "reason" and "cleanup_failed", which
+// other implementations of the API (Nasiko's pydantic models) refuse as
+// unknown fields, so DecodeStrict refuses them too, at every depth where v
+// decodes a struct.
 func DecodeStrict(body []byte, v any, allowEmpty bool) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		if allowEmpty {
@@ -131,6 +142,12 @@ func DecodeStrict(body []byte, v any, allowEmpty bool) error {
 	}
 	if trimmed := bytes.TrimSpace(body); trimmed[0] != '{' {
 		return berth.Errorf(berth.CodeInvalidBody, "request body must be a JSON object")
+	}
+	// Names first, so that {"Reason": 1} is reported as the unknown field
+	// it is rather than as a wrong type for "reason"; and before v is
+	// written to.
+	if err := checkFieldNames(body, v); err != nil {
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -144,6 +161,356 @@ func DecodeStrict(body []byte, v any, allowEmpty bool) error {
 		return berth.Errorf(berth.CodeInvalidBody, "invalid JSON body: unexpected data after the object")
 	}
 	return nil
+}
+
+// checkFieldNames refuses an object key that is not exactly one of the JSON
+// names of the struct it decodes into. Anything else wrong with body
+// (syntax, types, a key unknown in any case) is left to the decoder, which
+// sees the same bytes and refuses them with a better message.
+func checkFieldNames(body []byte, v any) error {
+	t := reflect.TypeOf(v)
+	if t == nil {
+		return nil
+	}
+	p := planFor(t)
+	if p == nil {
+		// No struct anywhere in v (a map of raw messages, say): the
+		// decoder's own rules are all there is to check.
+		return nil
+	}
+	// The scan below assumes valid JSON, which json.Valid checks without
+	// allocating; it also bounds the nesting (10000 levels) and so the
+	// scan's recursion. Invalid JSON is the decoder's to refuse.
+	if !json.Valid(body) {
+		return nil
+	}
+	ks := keyScanner{data: body}
+	if uf := ks.value(p); uf != nil {
+		msg := fmt.Sprintf("invalid JSON body: json: unknown field %q", uf.name)
+		if uf.want != "" {
+			msg += fmt.Sprintf(" (field names are case-sensitive: did you mean %q?)", uf.want)
+		}
+		return berth.Errorf(berth.CodeInvalidBody, "%s", msg)
+	}
+	return nil
+}
+
+// planKind is the JSON shape a fieldPlan expects.
+type planKind uint8
+
+const (
+	planObject planKind = iota // a struct: keys must be its field names
+	planList                   // a slice or array of values to check
+	planMap                    // a map: any keys, values to check
+)
+
+// fieldPlan says which object keys a Go type accepts. A nil plan means
+// there is nothing to check inside a value of the type.
+type fieldPlan struct {
+	kind planKind
+	// fields maps each exact JSON name of a struct to the plan of its
+	// value (planObject).
+	fields map[string]*fieldPlan
+	// names are the keys of fields, sorted, for hints.
+	names []string
+	// elem is the plan of the elements (planList) or values (planMap).
+	elem *fieldPlan
+}
+
+// plans caches a *fieldPlan (possibly nil) per reflect.Type: building one
+// costs reflection, using one does not.
+var plans sync.Map
+
+func planFor(t reflect.Type) *fieldPlan {
+	if p, ok := plans.Load(t); ok {
+		return p.(*fieldPlan)
+	}
+	p := buildPlan(t, map[reflect.Type]*fieldPlan{})
+	actual, _ := plans.LoadOrStore(t, p)
+	return actual.(*fieldPlan)
+}
+
+var (
+	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// decodesItself reports whether encoding/json hands values of t to t's own
+// UnmarshalJSON or UnmarshalText (time.Time, json.RawMessage, …): their
+// insides are not struct fields to check.
+func decodesItself(t reflect.Type) bool {
+	pt := reflect.PointerTo(t)
+	return t.Implements(jsonUnmarshalerType) || pt.Implements(jsonUnmarshalerType) ||
+		t.Implements(textUnmarshalerType) || pt.Implements(textUnmarshalerType)
+}
+
+// buildPlan builds t's plan; memo holds the struct plans under way, so
+// that recursive types end in a cycle instead of recursing forever.
+func buildPlan(t reflect.Type, memo map[reflect.Type]*fieldPlan) *fieldPlan {
+	for {
+		if decodesItself(t) {
+			return nil
+		}
+		if t.Kind() != reflect.Pointer {
+			break
+		}
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if p, ok := memo[t]; ok {
+			return p
+		}
+		p := &fieldPlan{kind: planObject, fields: map[string]*fieldPlan{}}
+		memo[t] = p
+		addFields(p, t, memo, map[reflect.Type]bool{t: true})
+		for name := range p.fields {
+			p.names = append(p.names, name)
+		}
+		slices.Sort(p.names)
+		return p
+	case reflect.Slice, reflect.Array:
+		if e := buildPlan(t.Elem(), memo); e != nil {
+			return &fieldPlan{kind: planList, elem: e}
+		}
+	case reflect.Map:
+		if e := buildPlan(t.Elem(), memo); e != nil {
+			return &fieldPlan{kind: planMap, elem: e}
+		}
+	}
+	return nil
+}
+
+// addFields adds the JSON names of struct t to p, following encoding/json's
+// rules for which fields count and what they are called, and promoting the
+// fields of embedded structs. Where encoding/json drops a name that two
+// embedded structs both define, p keeps it: the decoder refuses it anyway,
+// as an unknown field, and p only needs never to accept less.
+func addFields(p *fieldPlan, t reflect.Type, memo map[reflect.Type]*fieldPlan, embedding map[reflect.Type]bool) {
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		ft := sf.Type
+		if ft.Name() == "" && ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if sf.Anonymous {
+			if !sf.IsExported() && ft.Kind() != reflect.Struct {
+				continue
+			}
+		} else if !sf.IsExported() {
+			continue
+		}
+		tag := sf.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		if !validTagName(name) {
+			name = ""
+		}
+		if name == "" && sf.Anonymous && ft.Kind() == reflect.Struct {
+			// An embedded struct's fields are promoted into this object.
+			if !embedding[ft] {
+				embedding[ft] = true
+				addFields(p, ft, memo, embedding)
+			}
+			continue
+		}
+		if name == "" {
+			name = sf.Name
+		}
+		if _, dup := p.fields[name]; !dup {
+			p.fields[name] = buildPlan(sf.Type, memo)
+		}
+	}
+}
+
+// validTagName is encoding/json's rule for a usable name in a json tag; a
+// field with another tag name is known by its Go name.
+func validTagName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		switch {
+		case strings.ContainsRune("!#$%&()*+-./:;<=>?@[]^_{|}~ ", c):
+		case !unicode.IsLetter(c) && !unicode.IsDigit(c):
+			return false
+		}
+	}
+	return true
+}
+
+// unknownFieldError is a key that no field has exactly.
+type unknownFieldError struct {
+	name string // the key, as sent (unescaped)
+	want string // the field name it matches in another case, if any
+}
+
+// keyScanner reads the object keys of one valid JSON value. It scans the
+// bytes rather than use json.Decoder's Token, which allocates for every
+// token and would cost more than the decode itself. Its input must be
+// valid JSON (json.Valid): it does not check syntax.
+type keyScanner struct {
+	data []byte
+	pos  int
+}
+
+// value scans the value at pos with plan p (nil: nothing to check) and
+// returns the first key p does not accept, if any.
+func (s *keyScanner) value(p *fieldPlan) *unknownFieldError {
+	s.space()
+	switch {
+	case s.data[s.pos] == '{' && p != nil && p.kind != planList:
+		s.pos++
+		if s.space(); s.data[s.pos] == '}' {
+			s.pos++
+			return nil
+		}
+		for {
+			s.space()
+			start := s.pos
+			raw, escaped := s.str()
+			quoted := s.data[start:s.pos]
+			s.space()
+			s.pos++ // ':'
+			next := p.elem
+			if p.kind == planObject {
+				f, ok, key := p.field(raw, escaped, quoted)
+				if !ok {
+					return &unknownFieldError{name: key, want: p.folded(key)}
+				}
+				next = f
+			}
+			if uf := s.value(next); uf != nil {
+				return uf
+			}
+			s.space()
+			c := s.data[s.pos]
+			s.pos++ // ',' or '}'
+			if c == '}' {
+				return nil
+			}
+		}
+	case s.data[s.pos] == '[' && p != nil && p.kind == planList:
+		s.pos++
+		if s.space(); s.data[s.pos] == ']' {
+			s.pos++
+			return nil
+		}
+		for {
+			if uf := s.value(p.elem); uf != nil {
+				return uf
+			}
+			s.space()
+			c := s.data[s.pos]
+			s.pos++ // ',' or ']'
+			if c == ']' {
+				return nil
+			}
+		}
+	}
+	// Nothing to check inside: a value of a type without structs, null,
+	// or a shape the decoder refuses for the type (an array for a
+	// struct, say).
+	s.skip()
+	return nil
+}
+
+// space skips whitespace.
+func (s *keyScanner) space() {
+	for s.pos < len(s.data) {
+		switch s.data[s.pos] {
+		case ' ', '\t', '\n', '\r':
+			s.pos++
+		default:
+			return
+		}
+	}
+}
+
+// str skips the string at pos and returns its bytes between the quotes and
+// whether it holds escapes.
+func (s *keyScanner) str() (raw []byte, escaped bool) {
+	start := s.pos
+	s.pos++
+	for {
+		switch s.data[s.pos] {
+		case '"':
+			s.pos++
+			return s.data[start+1 : s.pos-1], escaped
+		case '\\':
+			escaped = true
+			s.pos += 2
+		default:
+			s.pos++
+		}
+	}
+}
+
+// field looks up the key whose bytes between the quotes are raw (quoted:
+// with them) and returns its field's plan, whether there is one, and the
+// key as encoding/json reads it (unescaped; invalid UTF-8 replaced, which
+// no field name has).
+func (p *fieldPlan) field(raw []byte, escaped bool, quoted []byte) (*fieldPlan, bool, string) {
+	if !escaped {
+		// Indexing with string(raw) does not allocate; the key is
+		// needed as a string only when it is unknown.
+		if f, ok := p.fields[string(raw)]; ok {
+			return f, true, ""
+		}
+		return nil, false, string(raw)
+	}
+	var key string
+	_ = json.Unmarshal(quoted, &key) // valid: json.Valid said so
+	f, ok := p.fields[key]
+	return f, ok, key
+}
+
+// literal skips the number, true, false or null at pos.
+func (s *keyScanner) literal() {
+	for ; s.pos < len(s.data); s.pos++ {
+		switch s.data[s.pos] {
+		case ',', ']', '}', ' ', '\t', '\n', '\r':
+			return
+		}
+	}
+}
+
+// skip skips the value at pos, however deep, without recursion.
+func (s *keyScanner) skip() {
+	depth := 0
+	for {
+		s.space()
+		switch s.data[s.pos] {
+		case '{', '[':
+			depth++
+			s.pos++
+		case '}', ']':
+			depth--
+			s.pos++
+		case ',', ':':
+			s.pos++
+			continue // inside a container: depth > 0
+		case '"':
+			s.str()
+		default: // a number, true, false or null
+			s.literal()
+		}
+		if depth == 0 {
+			return
+		}
+	}
+}
+
+// folded returns the field name key matches case-insensitively, or "".
+func (p *fieldPlan) folded(key string) string {
+	for _, name := range p.names {
+		if strings.EqualFold(name, key) {
+			return name
+		}
+	}
+	return ""
 }
 
 func describeJSONError(err error) string {
