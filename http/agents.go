@@ -138,7 +138,7 @@ func (s *Server) readDeployForm(w http.ResponseWriter, r *http.Request, allowed 
 		}
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return deployForm{}, berth.Errorf(berth.CodeTooLarge, "upload is larger than %d bytes", s.cfg.MaxUploadBytes)
+			return deployForm{}, tooLarge(s.cfg.MaxUploadBytes)
 		}
 		return deployForm{}, err
 	}
@@ -213,7 +213,7 @@ func (s *Server) spool(src io.Reader) (string, error) {
 	case err != nil:
 		err = wrapBody(err, "read uploaded file")
 	case n > s.cfg.MaxUploadBytes:
-		err = berth.Errorf(berth.CodeTooLarge, "upload is larger than %d bytes", s.cfg.MaxUploadBytes)
+		err = tooLarge(s.cfg.MaxUploadBytes)
 	}
 	if err != nil {
 		os.Remove(f.Name())
@@ -469,6 +469,15 @@ func cleanupFailedIsNull(body []byte) bool {
 		return false
 	}
 	return string(raw.CleanupFailed) == "null"
+}
+
+// tooLarge is the error of an upload over the server's limit.
+func tooLarge(limit int64) error {
+	size := fmt.Sprintf("%d bytes", limit)
+	if limit%(1<<20) == 0 {
+		size = fmt.Sprintf("%d MiB", limit>>20)
+	}
+	return berth.Errorf(berth.CodeTooLarge, "upload is larger than this server's limit of %s (berth serve --max-upload-mb)", size)
 }
 
 // checkText refuses, with CodeInvalidBody naming field, invalid UTF-8 and

@@ -197,6 +197,9 @@ func TestUploadSizeLimit(t *testing.T) {
 	before := dataListing(t, ts.DataDir)
 	st, body := ts.uploadRaw(ts.Admin, big, nil, "?wait=true")
 	wantError(t, fmt.Sprintf("upload of %d bytes with a %d-byte limit", len(big), limit), st, body, http.StatusRequestEntityTooLarge, "too_large")
+	if want := fmt.Sprintf("limit of %d bytes (berth serve --max-upload-mb)", limit); !strings.Contains(string(body), want) {
+		t.Errorf("too-large upload answer = %s, want it to name the limit and its setting (%q)", body, want)
+	}
 	if _, ok := ts.agentByName("sized"); ok {
 		t.Errorf("agent exists after a too-large upload")
 	}

@@ -255,6 +255,7 @@ and rollbacks when --version is not given; stop it with Ctrl-C.`,
 		// Follow: each poll asks only for what is past the end of the
 		// last answer (the log's size, sent as a trailer).
 		dep, offset := logs.DeploymentID, next(0, logs)
+		waiting := false // the server is unreachable; told once
 		for {
 			select {
 			case <-ctx.Done():
@@ -281,9 +282,19 @@ and rollbacks when --version is not given; stop it with Ctrl-C.`,
 					return nil
 				}
 				if berth.ErrorCode(err) == berth.CodeUnavailable {
+					// Say so once, not every poll; a server restarting
+					// (or briefly busy) is worth waiting for.
+					if !waiting {
+						fmt.Fprintf(cmd.ErrOrStderr(), "--- %s; retrying every %s ---\n", berth.ErrorMessage(err), interval)
+						waiting = true
+					}
 					continue
 				}
 				return err
+			}
+			if waiting {
+				fmt.Fprintln(cmd.ErrOrStderr(), "--- reconnected ---")
+				waiting = false
 			}
 			if _, err := out.Write(logs.Output); err != nil {
 				return err
