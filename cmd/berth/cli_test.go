@@ -391,8 +391,11 @@ func TestLoginConfigAndOverrides(t *testing.T) {
 	u := newUser(t)
 
 	u.fails(1, []string{"not logged in", "berth login"}, "ls")
-	u.fails(1, []string{"invalid access key or secret", "[unauthorized]"},
+	r := u.fails(1, []string{"invalid access key or secret", "[unauthorized]"},
 		"login", "--server", s.URL, "--access-key", "nope", "--access-secret", "nope")
+	if strings.Contains(r.stderr, "Log in again") {
+		t.Errorf("a refused login says %q; want no advice to log in again", r.stderr)
+	}
 	if _, err := os.Stat(u.configFile()); err == nil {
 		t.Fatalf("a failed login wrote %s", u.configFile())
 	}

@@ -157,7 +157,8 @@ func printError(w io.Writer, cmd *cobra.Command, err error) {
 	if be.OperationID != "" {
 		fmt.Fprintf(w, "operation: %s\n", be.OperationID)
 	}
-	if be.Code == berth.CodeUnauthorized {
+	// A refused login needs other credentials, not another login.
+	if be.Code == berth.CodeUnauthorized && (cmd == nil || cmd.Name() != "login") {
 		fmt.Fprintln(w, "Log in again: berth login --server URL --access-key KEY --access-secret SECRET")
 	}
 }
