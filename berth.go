@@ -259,8 +259,12 @@ const (
 
 // Operation is one lifecycle action on one agent: the audit trail.
 type Operation struct {
-	ID             string
-	AgentID        string
+	ID      string
+	AgentID string
+	// AgentName is the agent's name when the operation began. The record
+	// outlives the agent (deleting an agent keeps its operations), so the
+	// trail still says which agent it was.
+	AgentName      string
 	Kind           OperationKind
 	Status         OperationStatus
 	Actor          string // username of the caller

@@ -25,9 +25,14 @@ type Store interface {
 	ListAgents(ctx context.Context, ownerID string) ([]Agent, error)
 	// UpdateAgentMeta writes Description and Card (nothing else).
 	UpdateAgentMeta(ctx context.Context, a Agent) error
-	// DeleteAgent removes the agent and all its versions, builds,
-	// deployments and operations.
-	DeleteAgent(ctx context.Context, id string) error
+	// DeleteAgent removes the agent and all its versions, builds and
+	// deployments. Its operations stay: they are the audit trail, readable
+	// with ListOperations and OperationByID after the agent is gone. If op
+	// is not nil, it is the operation doing the delete, written (like
+	// Commit.Operation) in the same transaction; the delete is fenced like
+	// Commit: unless op holds the agent's guard it fails with CodeConflict
+	// and deletes nothing (CodeInvalid if op is another agent's).
+	DeleteAgent(ctx context.Context, id string, op *Operation) error
 	// DeleteUnusedAgent removes agent id only if no operation was ever
 	// recorded for it (an agent whose upload never began), deciding and
 	// deleting atomically. It returns CodeNotFound if there is no such
@@ -79,8 +84,9 @@ type Store interface {
 
 	// Operations and the per-agent guard.
 
-	// BeginOperation records op (status running) and takes the agent's
-	// operation guard until leaseUntil, in one transaction. If another
+	// BeginOperation records op (status running; AgentName filled from the
+	// agent when empty) and takes the agent's operation guard until
+	// leaseUntil, in one transaction. If another
 	// operation holds an unexpired guard it returns CodeOperationInProgress
 	// with Error.OperationID naming that operation, and records nothing.
 	// If op.IdempotencyKey is set and an operation of this agent with that

@@ -679,13 +679,23 @@ func (s *Server) handleBuilds(w http.ResponseWriter, r *http.Request, u berth.Us
 }
 
 func viewOperation(o berth.Operation) OperationInfo {
-	return OperationInfo{ID: o.ID, AgentID: o.AgentID, Kind: o.Kind, Status: o.Status, Actor: o.Actor, Reason: o.Reason,
+	return OperationInfo{ID: o.ID, AgentID: o.AgentID, AgentName: o.AgentName, Kind: o.Kind, Status: o.Status, Actor: o.Actor, Reason: o.Reason,
 		FromVersion: o.FromVersion, ToVersion: o.ToVersion, ErrorCode: o.ErrorCode, Error: o.Error,
 		StartedAt: o.StartedAt, FinishedAt: o.FinishedAt, DurationMS: o.DurationMS}
 }
 
 func (s *Server) handleOperations(w http.ResponseWriter, r *http.Request, u berth.User) {
-	a, err := s.agentFor(r, u, r.PathValue("agent_id"))
+	ref := r.PathValue("agent_id")
+	a, err := s.agentFor(r, u, ref)
+	// A deleted agent's operations outlive it (the audit trail), stored
+	// under its ID. Only a superuser may read them: whether the caller
+	// owned the agent went with its row, so an owner of a deleted agent
+	// cannot, and anyone else gets the same 404 as for an agent that never
+	// existed. Only an ID reaches them; a name may belong to a newer agent.
+	deleted := false
+	if id, perr := uuid.Parse(ref); perr == nil && u.IsSuperUser && berth.ErrorCode(err) == berth.CodeNotFound {
+		a, err, deleted = berth.Agent{ID: id.String()}, nil, true
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -700,6 +710,9 @@ func (s *Server) handleOperations(w http.ResponseWriter, r *http.Request, u bert
 		limit = n
 	}
 	ops, err := s.store.ListOperations(r.Context(), a.ID, limit)
+	if err == nil && deleted && len(ops) == 0 {
+		err = berth.Errorf(berth.CodeNotFound, "agent %q not found", ref)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

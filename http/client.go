@@ -232,6 +232,7 @@ type BuildInfo struct {
 type OperationInfo struct {
 	ID          string                `json:"operation_id"`
 	AgentID     string                `json:"agent_id"`
+	AgentName   string                `json:"agent_name,omitempty"`
 	Kind        berth.OperationKind   `json:"kind"`
 	Status      berth.OperationStatus `json:"status"`
 	Actor       string                `json:"actor"`

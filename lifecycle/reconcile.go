@@ -342,7 +342,8 @@ func (e *Engine) expireGrace(ctx context.Context) {
 }
 
 // Delete stops everything agent a runs and removes it, its versions and
-// their files.
+// their files. Its operations stay, the delete among them, as its audit
+// trail.
 func (e *Engine) Delete(ctx context.Context, actor berth.User, a berth.Agent) error {
 	op := berth.Operation{AgentID: a.ID, Kind: berth.OpDelete, Actor: actor.Username, FromVersion: a.ActiveVersion}
 	_, _, stop, err := e.begin(ctx, &op)
@@ -368,7 +369,13 @@ func (e *Engine) Delete(ctx context.Context, actor berth.User, a berth.Agent) er
 		}()
 	}
 	wg.Wait()
-	if err := e.store.DeleteAgent(ctx, a.ID); err != nil {
+	// The delete operation is closed in the transaction that removes the
+	// agent: the record outlives the agent as the end of its audit trail.
+	// The store gets a copy: if the delete fails, commitFailure records op
+	// as failed, without the result of a success that did not happen.
+	done := op
+	e.finish(&done, map[string]any{"removed_deployments": ids(ds)}, nil)
+	if err := e.store.DeleteAgent(ctx, a.ID, &done); err != nil {
 		return e.commitFailure(ctx, berth.Commit{}, &op, err)
 	}
 	e.removeAll(e.versionDirRoot(a.ID), e.packageDirRoot(a.ID))

@@ -66,11 +66,11 @@ func (s *busyStore) BeginOperation(ctx context.Context, op berth.Operation, leas
 	return s.Store.BeginOperation(ctx, op, leaseUntil, since)
 }
 
-func (s *busyStore) DeleteAgent(ctx context.Context, id string) error {
+func (s *busyStore) DeleteAgent(ctx context.Context, id string, op *berth.Operation) error {
 	if s.busy(true) {
 		return berth.Errorf(berth.CodeUnavailable, "delete agent: the database is busy")
 	}
-	err := s.Store.DeleteAgent(ctx, id)
+	err := s.Store.DeleteAgent(ctx, id, op)
 	s.mu.Lock()
 	s.deleteTried++
 	s.mu.Unlock()

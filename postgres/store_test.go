@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/berthhq/berth/sqlstore"
 	"github.com/berthhq/berth/storetest"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -312,4 +314,89 @@ func explain(ctx context.Context, s *Store, query string, args ...any) (string, 
 		lines = append(lines, line)
 	}
 	return strings.Join(lines, "\n"), rows.Err()
+}
+
+// TestMigrationKeepOperations checks 0003_keep_operations.sql on a
+// database at schema 0002 that holds agents and operations: the rows are
+// kept, agent_name is filled in from the agents, the foreign key to agents
+// is gone, and from then on deleting an agent keeps its operations.
+func TestMigrationKeepOperations(t *testing.T) {
+	ctx := t.Context()
+	u := freshSchema(t)
+	ms, err := loadMigrations()
+	if err != nil || len(ms) < 3 || ms[1].Version != 2 || ms[2].Name != "0003_keep_operations.sql" {
+		t.Fatalf("loadMigrations() = %d migrations, %v; want 0001, 0002 and 0003_keep_operations.sql", len(ms), err)
+	}
+
+	// A database as Berth left it at schema 0002.
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `CREATE TABLE schema_migrations (
+		version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[:2] {
+		if err := applyMigration(ctx, conn, m); err != nil {
+			t.Fatalf("applyMigration(%s) = %v", m.Name, err)
+		}
+	}
+	at := time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC)
+	for _, q := range []string{
+		`INSERT INTO users VALUES ('u1', 'alice', 'a@example.com', 'AK1', 'hash', false, $1)`,
+		`INSERT INTO agents (id, name, owner_id, description, created_at, updated_at)
+			VALUES ('a1', 'old-agent', 'u1', '', $1, $1), ('a2', 'other-agent', 'u1', '', $1, $1)`,
+		`INSERT INTO operations (id, agent_id, kind, status, actor, reason, from_version, to_version, error_code,
+			error_message, idempotency_key, result, result_status, started_at, finished_at, duration_ms, request_hash)
+			VALUES ('op1', 'a1', 'upload', 'succeeded', 'alice', 'first', '', '1.0.0', '', '', 'key-1',
+				'{"agent_id":"a1"}', 201, $1, $1, 42, 'hash-1'),
+			       ('op2', 'a1', 'rollback', 'failed', 'alice', 'bad', '1.1.0', '1.0.0', 'conflict', 'no',
+				NULL, NULL, 0, $1, NULL, 0, ''),
+			       ('op3', 'a2', 'upload', 'running', 'alice', '', '', '1.0.0', '', '', NULL, NULL, 0, $1, NULL, 0, '')`,
+	} {
+		if _, err := conn.Exec(ctx, q, at); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+
+	s := openURL(t, u)
+	want := map[string]berth.Operation{
+		"op1": {ID: "op1", AgentID: "a1", AgentName: "old-agent", Kind: berth.OpUpload, Status: berth.OpSucceeded,
+			Actor: "alice", Reason: "first", ToVersion: "1.0.0", IdempotencyKey: "key-1", RequestHash: "hash-1",
+			Result: []byte(`{"agent_id":"a1"}`), ResultStatus: 201, DurationMS: 42},
+		"op2": {ID: "op2", AgentID: "a1", AgentName: "old-agent", Kind: berth.OpRollback, Status: berth.OpFailed,
+			Actor: "alice", Reason: "bad", FromVersion: "1.1.0", ToVersion: "1.0.0", ErrorCode: berth.CodeConflict, Error: "no"},
+		"op3": {ID: "op3", AgentID: "a2", AgentName: "other-agent", Kind: berth.OpUpload, Status: berth.OpRunning,
+			Actor: "alice", ToVersion: "1.0.0"},
+	}
+	for id, w := range want {
+		got, err := s.OperationByID(ctx, id)
+		if err != nil {
+			t.Errorf("OperationByID(%s) after migrating = %v", id, err)
+			continue
+		}
+		if !got.StartedAt.Equal(at) || (got.FinishedAt != nil) != (id == "op1") {
+			t.Errorf("OperationByID(%s) times = %v, %v; want started %v, finished only if op1", id, got.StartedAt, got.FinishedAt, at)
+		}
+		got.StartedAt, got.FinishedAt = time.Time{}, nil
+		if !reflect.DeepEqual(got, w) {
+			t.Errorf("OperationByID(%s) after migrating = %+v, want %+v", id, got, w)
+		}
+	}
+
+	var fks int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pg_constraint
+		WHERE conrelid = 'operations'::regclass AND contype = 'f'`).Scan(&fks); err != nil || fks != 0 {
+		t.Errorf("foreign keys of operations after migrating = %d, %v; want none", fks, err)
+	}
+	// Deleting the agent keeps its operations.
+	if err := s.DeleteAgent(ctx, "a1", nil); err != nil {
+		t.Fatalf("DeleteAgent(a1) = %v", err)
+	}
+	ops, err := s.ListOperations(ctx, "a1", 10)
+	if err != nil || len(ops) != 2 {
+		t.Errorf("ListOperations(deleted a1) = %d operations, %v; want op1 and op2 kept", len(ops), err)
+	}
 }

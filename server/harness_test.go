@@ -363,6 +363,7 @@ func (ts *testServer) deployments(token, agent string) []deploymentEntry {
 
 type operationEntry struct {
 	ID          string `json:"operation_id"`
+	AgentName   string `json:"agent_name"`
 	Kind        string `json:"kind"`
 	Status      string `json:"status"`
 	Actor       string `json:"actor"`

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -317,5 +318,113 @@ func TestWriteLockedByAnotherProcess(t *testing.T) {
 	}
 	if _, _, err := s.BeginOperation(ctx, op, time.Now().Add(time.Hour), time.Time{}); err != nil {
 		t.Errorf("BeginOperation() after the lock was released = %v", err)
+	}
+}
+
+// TestMigrationKeepOperations checks 0003_keep_operations.sql on a
+// database at schema 0002 that holds agents and operations: the rows are
+// kept, agent_name is filled in from the agents, the indexes of operations
+// are there again, and from then on deleting an agent keeps its operations.
+func TestMigrationKeepOperations(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "berth.db")
+	ms, err := loadMigrations()
+	if err != nil || len(ms) < 3 || ms[1].Version != 2 || ms[2].Name != "0003_keep_operations.sql" {
+		t.Fatalf("loadMigrations() = %d migrations, %v; want 0001, 0002 and 0003_keep_operations.sql", len(ms), err)
+	}
+
+	// A database as Berth left it at schema 0002.
+	db, err := sql.Open("sqlite", dsn(path, false, DefaultBusyTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `CREATE TABLE schema_migrations (
+		version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[:2] {
+		if err := applyMigration(ctx, db, m); err != nil {
+			t.Fatalf("applyMigration(%s) = %v", m.Name, err)
+		}
+	}
+	at := encTime(time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC))
+	for _, q := range []string{
+		`INSERT INTO users VALUES ('u1', 'alice', 'a@example.com', 'AK1', 'hash', 0, '` + at + `')`,
+		`INSERT INTO agents (id, name, owner_id, description, created_at, updated_at)
+			VALUES ('a1', 'old-agent', 'u1', '', '` + at + `', '` + at + `'),
+			       ('a2', 'other-agent', 'u1', '', '` + at + `', '` + at + `')`,
+		`INSERT INTO operations (id, agent_id, kind, status, actor, reason, from_version, to_version, error_code,
+			error_message, idempotency_key, result, result_status, started_at, finished_at, duration_ms, request_hash)
+			VALUES ('op1', 'a1', 'upload', 'succeeded', 'alice', 'first', '', '1.0.0', '', '', 'key-1',
+				'{"agent_id":"a1"}', 201, '` + at + `', '` + at + `', 42, 'hash-1'),
+			       ('op2', 'a1', 'rollback', 'failed', 'alice', 'bad', '1.1.0', '1.0.0', 'conflict', 'no',
+				NULL, NULL, 0, '` + at + `', NULL, 0, ''),
+			       ('op3', 'a2', 'upload', 'running', 'alice', '', '', '1.0.0', '', '', NULL, NULL, 0,
+				'` + at + `', NULL, 0, '')`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := openTest(t, path)
+	want := map[string]berth.Operation{
+		"op1": {ID: "op1", AgentID: "a1", AgentName: "old-agent", Kind: berth.OpUpload, Status: berth.OpSucceeded,
+			Actor: "alice", Reason: "first", ToVersion: "1.0.0", IdempotencyKey: "key-1", RequestHash: "hash-1",
+			Result: []byte(`{"agent_id":"a1"}`), ResultStatus: 201, DurationMS: 42},
+		"op2": {ID: "op2", AgentID: "a1", AgentName: "old-agent", Kind: berth.OpRollback, Status: berth.OpFailed,
+			Actor: "alice", Reason: "bad", FromVersion: "1.1.0", ToVersion: "1.0.0", ErrorCode: berth.CodeConflict, Error: "no"},
+		"op3": {ID: "op3", AgentID: "a2", AgentName: "other-agent", Kind: berth.OpUpload, Status: berth.OpRunning,
+			Actor: "alice", ToVersion: "1.0.0"},
+	}
+	started, _ := time.Parse(timeLayout, at)
+	for id, w := range want {
+		got, err := s.OperationByID(ctx, id)
+		if err != nil {
+			t.Errorf("OperationByID(%s) after migrating = %v", id, err)
+			continue
+		}
+		if !got.StartedAt.Equal(started) || (got.FinishedAt != nil) != (id == "op1") {
+			t.Errorf("OperationByID(%s) times = %v, %v; want started %v, finished only if op1", id, got.StartedAt, got.FinishedAt, started)
+		}
+		got.StartedAt, got.FinishedAt = time.Time{}, nil
+		if !reflect.DeepEqual(got, w) {
+			t.Errorf("OperationByID(%s) after migrating = %+v, want %+v", id, got, w)
+		}
+	}
+
+	// Every index of operations is back.
+	rows, err := s.read.QueryContext(ctx, `SELECT name FROM sqlite_master
+		WHERE type = 'index' AND tbl_name = 'operations' AND sql IS NOT NULL ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var indexes []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		indexes = append(indexes, name)
+	}
+	rows.Close()
+	wantIndexes := "operations_agent_started operations_idempotency operations_idempotency_started operations_running"
+	if got := strings.Join(indexes, " "); got != wantIndexes {
+		t.Errorf("indexes of operations after migrating = %s, want %s", got, wantIndexes)
+	}
+	if err := s.IntegrityCheck(ctx); err != nil {
+		t.Errorf("IntegrityCheck() after migrating = %v", err)
+	}
+
+	// The foreign key is gone: deleting the agent keeps its operations.
+	if err := s.DeleteAgent(ctx, "a1", nil); err != nil {
+		t.Fatalf("DeleteAgent(a1) = %v", err)
+	}
+	ops, err := s.ListOperations(ctx, "a1", 10)
+	if err != nil || len(ops) != 2 {
+		t.Errorf("ListOperations(deleted a1) = %d operations, %v; want op1 and op2 kept", len(ops), err)
 	}
 }

@@ -89,10 +89,34 @@ func (s *Store) UpdateAgentMeta(ctx context.Context, a berth.Agent) error {
 		a.Description, rawArg(a.Card), updated, a.ID)
 }
 
-// DeleteAgent deletes the agent; its versions, builds, deployments and
-// operations go with it (ON DELETE CASCADE).
-func (s *Store) DeleteAgent(ctx context.Context, id string) error {
-	return s.execOne(ctx, s.write, "delete agent", "agent "+id, `DELETE FROM agents WHERE id = $1`, id)
+// DeleteAgent deletes the agent; its versions, builds and deployments go
+// with it (ON DELETE CASCADE), its operations stay (the audit trail). If op
+// is not nil it is closed in the same transaction, fenced as in Commit: op
+// must belong to the agent (CodeInvalid otherwise) and hold its guard
+// (CodeConflict otherwise, deleting nothing). The agent's row is locked
+// first, so no operation can begin on it until the delete commits.
+func (s *Store) DeleteAgent(ctx context.Context, id string, op *berth.Operation) error {
+	if op != nil && op.AgentID != id {
+		return berth.Errorf(berth.CodeInvalid, "operation %s is not an operation of agent %s", op.ID, id)
+	}
+	return s.inTx(ctx, "delete agent", func(tx *sql.Tx) error {
+		l, err := s.lockAgent(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if op != nil {
+			// Fencing, as in Commit: an operation that lost the guard must
+			// not delete what its successor is working on.
+			if l.holder != op.ID {
+				return notHolder(op.ID, id)
+			}
+			if err := s.closeOp(ctx, tx, "delete agent", id, op); err != nil {
+				return err
+			}
+		}
+		// The guard goes with the row.
+		return s.execOne(ctx, tx, "delete agent", "agent "+id, `DELETE FROM agents WHERE id = $1`, id)
+	})
 }
 
 // agentHasOpsSQL says whether any operation was ever recorded for an agent;

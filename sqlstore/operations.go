@@ -11,7 +11,7 @@ import (
 	"github.com/berthhq/berth"
 )
 
-const opCols = `id, agent_id, kind, status, actor, reason, from_version, to_version, error_code, error_message,
+const opCols = `id, agent_id, agent_name, kind, status, actor, reason, from_version, to_version, error_code, error_message,
 	idempotency_key, request_hash, result, result_status, started_at, finished_at, duration_ms`
 
 // opColsO is opCols qualified with the alias o, for joins.
@@ -35,7 +35,7 @@ func (s *Store) scanOp(sc scanner) (berth.Operation, error) {
 
 // scanOpAnd scans opCols into op, followed by the columns into extra.
 func (s *Store) scanOpAnd(sc scanner, op *berth.Operation, extra ...any) error {
-	return sc.Scan(append([]any{&op.ID, &op.AgentID, &op.Kind, &op.Status, &op.Actor, &op.Reason, &op.FromVersion,
+	return sc.Scan(append([]any{&op.ID, &op.AgentID, &op.AgentName, &op.Kind, &op.Status, &op.Actor, &op.Reason, &op.FromVersion,
 		&op.ToVersion, &op.ErrorCode, &op.Error, nullStringCol{&op.IdempotencyKey}, &op.RequestHash, rawCol{&op.Result},
 		&op.ResultStatus, timeCol{s.d, &op.StartedAt}, nullTimeCol{s.d, &op.FinishedAt}, &op.DurationMS}, extra...)...)
 }
@@ -51,6 +51,7 @@ func (s *Store) scanOpAnd(sc scanner, op *berth.Operation, extra ...any) error {
 // on them (the fence, ExpectActive, the one-holder rule) change one
 // transaction at a time.
 type agentLock struct {
+	name    string // the agent's name
 	holder  string // the operation holding the guard, "" when free
 	held    bool   // holder's lease has not ended on the lease clock
 	current string // the active version ID, "" when none
@@ -58,9 +59,9 @@ type agentLock struct {
 
 func (s *Store) lockAgent(ctx context.Context, tx *sql.Tx, agentID string) (agentLock, error) {
 	var l agentLock
-	err := tx.QueryRowContext(ctx, `SELECT lock_op_id, COALESCE(lock_until > `+s.d.LeaseExpr(2)+`, false), active_version_id
+	err := tx.QueryRowContext(ctx, `SELECT name, lock_op_id, COALESCE(lock_until > `+s.d.LeaseExpr(2)+`, false), active_version_id
 		FROM agents WHERE id = $1`+s.d.LockClause(), agentID, s.d.LeaseArg(time.Now())).
-		Scan(nullStringCol{&l.holder}, &l.held, nullStringCol{&l.current})
+		Scan(&l.name, nullStringCol{&l.holder}, &l.held, nullStringCol{&l.current})
 	if err != nil {
 		return agentLock{}, s.notFound(err, "lock agent", "agent %s not found", agentID)
 	}
@@ -76,7 +77,8 @@ func notHolder(opID, agentID string) error {
 
 // BeginOperation records op as running and takes the agent's operation
 // guard until leaseUntil, in one transaction; see berth.Store. A zero
-// op.StartedAt is set to now. The guard counts as held while its lease has
+// op.StartedAt is set to now, and an empty op.AgentName to the agent's
+// name. The guard counts as held while its lease has
 // not ended on the lease clock.
 func (s *Store) BeginOperation(ctx context.Context, op berth.Operation, leaseUntil, since time.Time) (berth.Operation, bool, error) {
 	if op.StartedAt.IsZero() {
@@ -126,9 +128,13 @@ func (s *Store) BeginOperation(ctx context.Context, op berth.Operation, leaseUnt
 			}
 		}
 
+		// The name is kept with the record, which outlives the agent.
+		if op.AgentName == "" {
+			op.AgentName = l.name
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO operations (`+opCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
-			op.ID, op.AgentID, string(op.Kind), string(op.Status), op.Actor, s.d.Text(op.Reason), op.FromVersion, op.ToVersion,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+			op.ID, op.AgentID, op.AgentName, string(op.Kind), string(op.Status), op.Actor, s.d.Text(op.Reason), op.FromVersion, op.ToVersion,
 			string(op.ErrorCode), s.d.Text(op.Error), nullString(op.IdempotencyKey), op.RequestHash, rawArg(op.Result), op.ResultStatus,
 			s.d.Time(op.StartedAt), s.nullTime(op.FinishedAt), op.DurationMS); err != nil {
 			return conflict(s.dbErr(err, "begin operation"), "operation %s already exists", op.ID)
@@ -225,14 +231,7 @@ func (s *Store) Commit(ctx context.Context, c berth.Commit) error {
 			}
 		}
 		if op := c.Operation; op != nil {
-			err := s.execOne(ctx, tx, "commit", fmt.Sprintf("operation %s of agent %s", op.ID, agentID),
-				`UPDATE operations SET status = $1, reason = $2, from_version = $3, to_version = $4,
-					error_code = $5, error_message = $6, result = $7, result_status = $8,
-					finished_at = $9, duration_ms = $10
-				WHERE id = $11 AND agent_id = $12`,
-				string(op.Status), s.d.Text(op.Reason), op.FromVersion, op.ToVersion, string(op.ErrorCode), s.d.Text(op.Error),
-				rawArg(op.Result), op.ResultStatus, s.nullTime(op.FinishedAt), op.DurationMS, op.ID, agentID)
-			if err != nil {
+			if err := s.closeOp(ctx, tx, "commit", agentID, op); err != nil {
 				return err
 			}
 			// The fence above made sure op holds the guard, and the lock
@@ -244,6 +243,19 @@ func (s *Store) Commit(ctx context.Context, c berth.Commit) error {
 		}
 		return nil
 	})
+}
+
+// closeOp writes op's closing fields (status, versions, error, result,
+// finished time, duration) within tx. op must be agentID's (CodeNotFound
+// otherwise).
+func (s *Store) closeOp(ctx context.Context, tx *sql.Tx, action, agentID string, op *berth.Operation) error {
+	return s.execOne(ctx, tx, action, fmt.Sprintf("operation %s of agent %s", op.ID, agentID),
+		`UPDATE operations SET status = $1, reason = $2, from_version = $3, to_version = $4,
+			error_code = $5, error_message = $6, result = $7, result_status = $8,
+			finished_at = $9, duration_ms = $10
+		WHERE id = $11 AND agent_id = $12`,
+		string(op.Status), s.d.Text(op.Reason), op.FromVersion, op.ToVersion, string(op.ErrorCode), s.d.Text(op.Error),
+		rawArg(op.Result), op.ResultStatus, s.nullTime(op.FinishedAt), op.DurationMS, op.ID, agentID)
 }
 
 // setActive switches the agent's active version from current to target
@@ -278,7 +290,8 @@ func (s *Store) OperationByID(ctx context.Context, id string) (berth.Operation, 
 }
 
 // ListOperations lists up to limit (default 50 when limit <= 0) of the
-// agent's operations, newest first.
+// agent's operations, newest first. It reads operations alone, so it also
+// lists the trail of an agent that has been deleted.
 func (s *Store) ListOperations(ctx context.Context, agentID string, limit int) ([]berth.Operation, error) {
 	rows, err := s.read.QueryContext(ctx, listOpsSQL, agentID, pageSize(limit))
 	if err != nil {
@@ -371,8 +384,11 @@ func (s *Store) InterruptOperations(ctx context.Context, leaseExpiredBefore time
 }
 
 // runningOpsSQL selects every running operation, oldest first, with its
-// agent's guard holder. operations_running serves it.
-var runningOpsSQL = `SELECT ` + opColsO + `, a.lock_op_id FROM operations o JOIN agents a ON a.id = o.agent_id
+// agent's guard holder. operations_running serves it. The join is an outer
+// one because operations outlive their agent: one left running when its
+// agent was deleted (a DeleteAgent without an operation) holds no guard and
+// is closed like any operation that lost it.
+var runningOpsSQL = `SELECT ` + opColsO + `, a.lock_op_id FROM operations o LEFT JOIN agents a ON a.id = o.agent_id
 	WHERE o.status = 'running' ORDER BY o.started_at, o.id`
 
 // expiredGuardsSQL selects and locks the guards whose lease ended before

@@ -93,7 +93,7 @@ func testAgents(t *testing.T, s berth.Store) {
 	_, err = s.AgentByName(ctx, "no-such-agent")
 	wantCode(t, err, berth.CodeNotFound, "AgentByName(unknown)")
 	wantCode(t, s.UpdateAgentMeta(ctx, newAgent(owner.ID)), berth.CodeNotFound, "UpdateAgentMeta(unknown)")
-	wantCode(t, s.DeleteAgent(ctx, unknown), berth.CodeNotFound, "DeleteAgent(unknown)")
+	wantCode(t, s.DeleteAgent(ctx, unknown, nil), berth.CodeNotFound, "DeleteAgent(unknown)")
 }
 
 // testAgentActiveVersion checks that reads fill in the active version's
@@ -122,6 +122,10 @@ func testAgentActiveVersion(t *testing.T, s berth.Store) {
 	}
 }
 
+// testDeleteAgentCascades checks that deleting an agent removes it, its
+// versions, builds and deployments, and keeps its operations (the audit
+// trail) under its ID and name, with the deleting operation closed in the
+// same transaction.
 func testDeleteAgentCascades(t *testing.T, s berth.Store) {
 	ctx := t.Context()
 	a := mkAgent(t, s)
@@ -140,16 +144,24 @@ func testDeleteAgentCascades(t *testing.T, s berth.Store) {
 		check(t, s.CreateBuild(ctx, r.b), "CreateBuild")
 		r.d = mkDeployment(t, s, agentID, r.v, berth.DeploymentRunning)
 		activate(t, s, agentID, r.v, "")
-		r.op = newOp(agentID, berth.OpRollback)
+		r.op = newOp(agentID, berth.OpDelete)
+		// Left to the store, which takes it from the agent.
+		r.op.AgentName = ""
 		r.op.IdempotencyKey = "k-" + agentID
+		r.op.FromVersion = r.v.Version
 		begin(t, s, r.op, now().Add(time.Hour))
+		r.op.AgentName = nameOf(agentID)
 		return r
 	}
 	gone, kept := fill(a.ID), fill(keep.ID)
+	before, err := s.ListOperations(ctx, a.ID, 10)
+	check(t, err, "ListOperations(before delete)")
 
-	check(t, s.DeleteAgent(ctx, a.ID), "DeleteAgent")
+	done := finish(gone.op, berth.OpSucceeded)
+	done.Result = json.RawMessage(`{"removed_deployments":["` + gone.d.ID + `"]}`)
+	check(t, s.DeleteAgent(ctx, a.ID, done), "DeleteAgent")
 
-	_, err := s.AgentByID(ctx, a.ID)
+	_, err = s.AgentByID(ctx, a.ID)
 	wantCode(t, err, berth.CodeNotFound, "AgentByID(deleted)")
 	_, err = s.AgentByName(ctx, a.Name)
 	wantCode(t, err, berth.CodeNotFound, "AgentByName(deleted)")
@@ -159,10 +171,14 @@ func testDeleteAgentCascades(t *testing.T, s berth.Store) {
 	wantCode(t, err, berth.CodeNotFound, "BuildByID(of deleted agent)")
 	_, err = s.DeploymentByID(ctx, gone.d.ID)
 	wantCode(t, err, berth.CodeNotFound, "DeploymentByID(of deleted agent)")
-	_, err = s.OperationByID(ctx, gone.op.ID)
-	wantCode(t, err, berth.CodeNotFound, "OperationByID(of deleted agent)")
 	if vs, _, err := s.ListVersions(ctx, a.ID, 10, ""); err != nil || len(vs) != 0 {
 		t.Errorf("ListVersions(deleted agent) = %v, %v; want empty", vs, err)
+	}
+	if bs, err := s.ListBuilds(ctx, a.ID); err != nil || len(bs) != 0 {
+		t.Errorf("ListBuilds(deleted agent) = %v, %v; want empty", bs, err)
+	}
+	if ds, err := s.ListDeployments(ctx, a.ID); err != nil || len(ds) != 0 {
+		t.Errorf("ListDeployments(deleted agent) = %v, %v; want empty", ds, err)
 	}
 	live, err := s.LiveDeployments(ctx)
 	check(t, err, "LiveDeployments()")
@@ -170,7 +186,23 @@ func testDeleteAgentCascades(t *testing.T, s berth.Store) {
 	if slices.Contains(liveIDs, gone.d.ID) || !slices.Contains(liveIDs, kept.d.ID) {
 		t.Errorf("LiveDeployments() = %v, want %s and not %s", liveIDs, kept.d.ID, gone.d.ID)
 	}
+	// Nothing can begin on the deleted agent.
+	_, _, err = s.BeginOperation(ctx, newOp(a.ID, berth.OpUpdate), hour(), time.Time{})
+	wantCode(t, err, berth.CodeNotFound, "BeginOperation(deleted agent)")
 
+	// The trail stays, the delete closed as the caller gave it.
+	wantOp(t, s, *done, "delete operation after DeleteAgent")
+	after, err := s.ListOperations(ctx, a.ID, 10)
+	check(t, err, "ListOperations(deleted agent)")
+	if g, w := ids(after, opID), ids(before, opID); !slices.Equal(g, w) || len(g) != 2 || g[0] != gone.op.ID {
+		t.Errorf("ListOperations(deleted agent) = %v, want %v (the delete first)", g, w)
+	}
+	for _, op := range after {
+		if op.AgentID != a.ID || op.AgentName != a.Name {
+			t.Errorf("operation %s (%s) of the deleted agent: agent (%q, %q), want (%q, %q)",
+				op.ID, op.Kind, op.AgentID, op.AgentName, a.ID, a.Name)
+		}
+	}
 	// The other agent keeps everything.
 	if _, err := s.VersionByID(ctx, kept.v.ID); err != nil {
 		t.Errorf("VersionByID(other agent) = %v, want it kept", err)
@@ -178,19 +210,72 @@ func testDeleteAgentCascades(t *testing.T, s berth.Store) {
 	if _, err := s.BuildByID(ctx, kept.b.ID); err != nil {
 		t.Errorf("BuildByID(other agent) = %v, want it kept", err)
 	}
-	if op, err := s.OperationByID(ctx, kept.op.ID); err != nil || op.Status != berth.OpRunning {
-		t.Errorf("OperationByID(other agent) = %+v, %v; want it kept running", op, err)
-	}
+	wantOp(t, s, kept.op, "operation of the other agent")
 	if got, err := s.AgentByID(ctx, keep.ID); err != nil || got.ActiveVersionID != kept.v.ID {
 		t.Errorf("AgentByID(other agent) = %+v, %v; want active %s", got, err, kept.v.ID)
 	}
 
-	// The name is free again, and the new agent starts empty.
+	// The name is free again, and the new agent starts empty: the trail is
+	// the old agent's, under its ID.
 	again := newAgent(a.OwnerID)
 	again.Name = a.Name
 	check(t, s.CreateAgent(ctx, again), "CreateAgent(reused name)")
 	_, err = s.HighestVersion(ctx, again.ID)
 	wantCode(t, err, berth.CodeNotFound, "HighestVersion(new agent)")
+	if ops, err := s.ListOperations(ctx, again.ID, 10); err != nil || len(ops) != 0 {
+		t.Errorf("ListOperations(new agent with the old name) = %v, %v; want empty", ids(ops, opID), err)
+	}
+
+	// Deleting without an operation leaves a running one of the agent
+	// behind, holding nothing: the next sweep closes it.
+	check(t, s.DeleteAgent(ctx, keep.ID, nil), "DeleteAgent(no operation)")
+	wantOp(t, s, kept.op, "running operation of an agent deleted without an operation")
+	closed, err := s.InterruptOperations(ctx, time.Now())
+	check(t, err, "InterruptOperations(now)")
+	wantInterrupted(t, s, closed, kept.op)
+}
+
+// testDeleteAgentFenced checks that DeleteAgent with an operation that does
+// not hold the agent's guard (never took it, or lost it to another after
+// its lease expired) deletes nothing and writes nothing.
+func testDeleteAgentFenced(t *testing.T, s berth.Store) {
+	ctx := t.Context()
+	a, other := mkAgent(t, s), mkAgent(t, s)
+	v := mkVersion(t, s, a.ID, "1.0.0", berth.VersionReady)
+	activate(t, s, a.ID, v, "")
+	d := mkDeployment(t, s, a.ID, v, berth.DeploymentRunning)
+
+	late := newOp(a.ID, berth.OpDelete)
+	begin(t, s, late, expired())
+	holder := newOp(a.ID, berth.OpRollback)
+	begin(t, s, holder, hour())
+	otherOp := newOp(other.ID, berth.OpDelete)
+	begin(t, s, otherOp, hour())
+
+	for _, tc := range []struct {
+		name string
+		op   berth.Operation
+		want berth.Code
+	}{
+		{"guard taken over", late, berth.CodeConflict},
+		{"never began", newOp(a.ID, berth.OpDelete), berth.CodeConflict},
+		{"another agent's operation", otherOp, berth.CodeInvalid},
+	} {
+		call := fmt.Sprintf("DeleteAgent(%s)", tc.name)
+		wantCode(t, s.DeleteAgent(ctx, a.ID, finish(tc.op, berth.OpSucceeded)), tc.want, call)
+		if got, err := s.AgentByID(ctx, a.ID); err != nil || got.ActiveVersionID != v.ID {
+			t.Errorf("after %s: AgentByID = %+v, %v; want it kept, active %s", call, got, err, v.ID)
+		}
+		if _, err := s.VersionByID(ctx, v.ID); err != nil {
+			t.Errorf("after %s: VersionByID = %v, want it kept", call, err)
+		}
+		if _, err := s.DeploymentByID(ctx, d.ID); err != nil {
+			t.Errorf("after %s: DeploymentByID = %v, want it kept", call, err)
+		}
+		wantOp(t, s, late, "after "+call)
+		wantOp(t, s, otherOp, "after "+call)
+		wantHeld(t, s, a.ID, holder.ID, "after "+call)
+	}
 }
 
 // testDeleteUnusedAgent checks that DeleteUnusedAgent removes only an agent

@@ -36,12 +36,15 @@ func mkUser(t *testing.T, s berth.Store) berth.User {
 	return u
 }
 
+// nameOf is the name newAgent gives the agent with ID id.
+func nameOf(id string) string { return "a-" + id }
+
 func newAgent(ownerID string) berth.Agent {
 	id := uuid.NewString()
 	at := now()
 	return berth.Agent{
 		ID:          id,
-		Name:        "a-" + id,
+		Name:        nameOf(id),
 		OwnerID:     ownerID,
 		Description: "agent " + id,
 		Card:        json.RawMessage(`{"name":"a-` + id + `","skills":[{"id":"echo"}]}`),
@@ -117,10 +120,13 @@ func mkDeployment(t *testing.T, s berth.Store, agentID string, v berth.Version, 
 	return d
 }
 
+// newOp returns a running operation on the agent with ID agentID, naming
+// it as newAgent does.
 func newOp(agentID string, kind berth.OperationKind) berth.Operation {
 	return berth.Operation{
 		ID:        uuid.NewString(),
 		AgentID:   agentID,
+		AgentName: nameOf(agentID),
 		Kind:      kind,
 		Status:    berth.OpRunning,
 		Actor:     "alice",

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) berth.Store) {
 		{"Agents", testAgents},
 		{"AgentActiveVersion", testAgentActiveVersion},
 		{"DeleteAgentCascades", testDeleteAgentCascades},
+		{"DeleteAgentFenced", testDeleteAgentFenced},
 		{"DeleteUnusedAgent", testDeleteUnusedAgent},
 		{"Versions", testVersions},
 		{"VersionLabels", testVersionLabels},
