@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/storetest"
 )
 
 func openTest(t *testing.T, path string) *Store {
@@ -371,30 +371,8 @@ func TestMigrationKeepOperations(t *testing.T) {
 	}
 
 	s := openTest(t, path)
-	want := map[string]berth.Operation{
-		"op1": {ID: "op1", AgentID: "a1", AgentName: "old-agent", Kind: berth.OpUpload, Status: berth.OpSucceeded,
-			Actor: "alice", Reason: "first", ToVersion: "1.0.0", IdempotencyKey: "key-1", RequestHash: "hash-1",
-			Result: []byte(`{"agent_id":"a1"}`), ResultStatus: 201, DurationMS: 42},
-		"op2": {ID: "op2", AgentID: "a1", AgentName: "old-agent", Kind: berth.OpRollback, Status: berth.OpFailed,
-			Actor: "alice", Reason: "bad", FromVersion: "1.1.0", ToVersion: "1.0.0", ErrorCode: berth.CodeConflict, Error: "no"},
-		"op3": {ID: "op3", AgentID: "a2", AgentName: "other-agent", Kind: berth.OpUpload, Status: berth.OpRunning,
-			Actor: "alice", ToVersion: "1.0.0"},
-	}
 	started, _ := time.Parse(timeLayout, at)
-	for id, w := range want {
-		got, err := s.OperationByID(ctx, id)
-		if err != nil {
-			t.Errorf("OperationByID(%s) after migrating = %v", id, err)
-			continue
-		}
-		if !got.StartedAt.Equal(started) || (got.FinishedAt != nil) != (id == "op1") {
-			t.Errorf("OperationByID(%s) times = %v, %v; want started %v, finished only if op1", id, got.StartedAt, got.FinishedAt, started)
-		}
-		got.StartedAt, got.FinishedAt = time.Time{}, nil
-		if !reflect.DeepEqual(got, w) {
-			t.Errorf("OperationByID(%s) after migrating = %+v, want %+v", id, got, w)
-		}
-	}
+	storetest.WantMigratedOperations(t, s, started)
 
 	// Every index of operations is back.
 	rows, err := s.read.QueryContext(ctx, `SELECT name FROM sqlite_master
