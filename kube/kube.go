@@ -690,18 +690,11 @@ func (r *Runtime) interruptStart(ctx context.Context, id string, cause error) er
 // the kubelet gives them Options.StopTimeout. Stopping an unknown or
 // stopped deployment is not an error.
 func (r *Runtime) Stop(ctx context.Context, deploymentID string) error {
-	if err := r.usable(deploymentID); err != nil {
-		return err
-	}
-	if err := r.interruptStart(ctx, deploymentID, errStopped); err != nil {
-		return err
-	}
-	r.statusMu.RLock()
-	defer r.statusMu.RUnlock()
-	d, err := r.locate(ctx, deploymentID)
+	d, release, err := r.settle(ctx, deploymentID)
 	if err != nil {
-		return r.apiError(err, "cannot look up deployment %s", deploymentID)
+		return err
 	}
+	defer release()
 	if d == nil {
 		return nil
 	}
@@ -725,21 +718,33 @@ func (r *Runtime) Stop(ctx context.Context, deploymentID string) error {
 	return nil
 }
 
+// settle begins a Stop or Remove of deploymentID: it ends a Start of it in
+// progress and finds its Deployment (nil if there is none), holding
+// statusMu for reading until release is called.
+func (r *Runtime) settle(ctx context.Context, deploymentID string) (d *appsv1.Deployment, release func(), err error) {
+	if err := r.usable(deploymentID); err != nil {
+		return nil, nil, err
+	}
+	if err := r.interruptStart(ctx, deploymentID, errStopped); err != nil {
+		return nil, nil, err
+	}
+	r.statusMu.RLock()
+	d, err = r.locate(ctx, deploymentID)
+	if err != nil {
+		r.statusMu.RUnlock()
+		return nil, nil, r.apiError(err, "cannot look up deployment %s", deploymentID)
+	}
+	return d, r.statusMu.RUnlock, nil
+}
+
 // Remove deletes a deployment's Deployment (and with it its pods) and its
 // Service. Removing something already gone is not an error.
 func (r *Runtime) Remove(ctx context.Context, deploymentID string) error {
-	if err := r.usable(deploymentID); err != nil {
-		return err
-	}
-	if err := r.interruptStart(ctx, deploymentID, errStopped); err != nil {
-		return err
-	}
-	r.statusMu.RLock()
-	defer r.statusMu.RUnlock()
-	d, err := r.locate(ctx, deploymentID)
+	d, release, err := r.settle(ctx, deploymentID)
 	if err != nil {
-		return r.apiError(err, "cannot look up deployment %s", deploymentID)
+		return err
 	}
+	defer release()
 	if d == nil {
 		// A Service can outlive its Deployment if a Remove was cut short
 		// on a cluster without garbage collection of owned objects.

@@ -186,9 +186,10 @@ func TestFastPathSetClosesOldUpstreamIdleConns(t *testing.T) {
 	}
 }
 
-// cannedUpstream starts an upstream that answers one request per connection
-// with the bytes resp, then closes the connection, and returns its URL.
-func cannedUpstream(t *testing.T, resp string) string {
+// rawUpstream starts an upstream that hands each connection to serve (and
+// closes it after), for answers net/http would not write, and returns its
+// URL.
+func rawUpstream(t *testing.T, serve func(conn net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -203,14 +204,22 @@ func cannedUpstream(t *testing.T, resp string) string {
 			}
 			go func() {
 				defer conn.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
-					return
-				}
-				_, _ = io.WriteString(conn, resp)
+				serve(conn)
 			}()
 		}
 	}()
 	return "http://" + ln.Addr().String()
+}
+
+// cannedUpstream starts an upstream that answers one request per connection
+// with the bytes resp, then closes the connection, and returns its URL.
+func cannedUpstream(t *testing.T, resp string) string {
+	t.Helper()
+	return rawUpstream(t, func(conn net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(conn)); err == nil {
+			_, _ = io.WriteString(conn, resp)
+		}
+	})
 }
 
 func TestFastPathResponseFraming(t *testing.T) {

@@ -614,41 +614,27 @@ func FuzzChunkScanner(f *testing.F) {
 func TestUpstreamFramingEdges(t *testing.T) {
 	// sloppy answers HEAD with a Content-Length and then, a moment later,
 	// the body anyway; 204 with chunked framing; anything else "fine".
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	url := rawUpstream(t, func(conn net.Conn) {
+		br := bufio.NewReader(conn)
 		for {
-			conn, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer conn.Close()
-				br := bufio.NewReader(conn)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					switch {
-					case req.Method == http.MethodHead:
-						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-						time.Sleep(30 * time.Millisecond)
-						_, _ = io.WriteString(conn, "stray")
-					case req.URL.Path == "/nocontent":
-						_, _ = io.WriteString(conn, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n")
-					default:
-						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")
-					}
-				}
-			}()
+			switch {
+			case req.Method == http.MethodHead:
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+				time.Sleep(30 * time.Millisecond)
+				_, _ = io.WriteString(conn, "stray")
+			case req.URL.Path == "/nocontent":
+				_, _ = io.WriteString(conn, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n")
+			default:
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")
+			}
 		}
-	}()
+	})
 	p := newProxy(t, Options{})
-	p.Set("a", "http://"+ln.Addr().String())
+	p.Set("a", url)
 	// Through serveMux, so that TestMain runs it on both paths.
 	conn, err := net.Dial("tcp", strings.TrimPrefix(serveMux(t, p), "http://"))
 	if err != nil {
